@@ -1,0 +1,49 @@
+"""evcascade: Video-LLaVA-quality answers about event + RGB scenes, drafted by small event models.
+
+The public names are imported lazily so that ``import evcascade`` (and the CLI's ``--help``) stay
+fast; the heavy modules (transformers, torch models) load on first use.
+
+>>> from evcascade import Events
+>>> Events.empty((640, 480))
+Events(n=0, sensor_size=(640, 480), empty)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "Events": "evcascade.events.container",
+    "TorchEvents": "evcascade.events.container",
+    "read_events": "evcascade.events.io",
+    "write_events": "evcascade.events.io",
+    "Video": "evcascade.video",
+    "read_video": "evcascade.video",
+    "InputError": "evcascade.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'evcascade' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from evcascade.errors import InputError
+    from evcascade.events.container import Events, TorchEvents
+    from evcascade.events.io import read_events, write_events
+    from evcascade.video import Video, read_video

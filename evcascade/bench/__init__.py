@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m evcascade.bench <what>``; each prints a table and writes JSON (and PNG plots)."""
