@@ -1,0 +1,33 @@
+"""Event file readers and writers: DSEC / generic HDF5, NumPy, text, Prophesee, AEDAT4.
+
+``read_events(path, start_us, end_us)`` returns the ``Events`` of a half-open window, reading
+only what the window needs where the format allows it; ``write_events`` writes DSEC-format HDF5;
+``event_file_info`` says what a recording spans without reading it all. One module per format::
+
+    io/
+    ├── read.py         read_events, event_file_info (dispatch)
+    ├── detect.py       format from format= / suffix / content
+    ├── common.py       EventFileInfo, window checks, final assembly into Events
+    ├── dsec.py         DSEC events.h5 reader + write_events
+    ├── hdf5.py         generic HDF5 (x, y, t, p) + HDF5 helpers
+    ├── numpy_files.py  .npz, structured .npy, EventGPT pickled dict
+    ├── text.py         t x y p lines
+    ├── prophesee.py    .raw EVT 2.0 / 3.0, .dat
+    ├── aedat.py        .aedat4 via the aedat package
+    └── rectify.py      DSEC rectify_map.h5
+
+>>> from evcascade.events.io import FORMATS
+>>> "dsec" in FORMATS and "evt3" in FORMATS
+True
+"""
+
+from evcascade.events.io.common import EventFileInfo
+from evcascade.events.io.detect import FORMATS, detect_format
+from evcascade.events.io.dsec import write_events
+from evcascade.events.io.read import event_file_info, read_events
+from evcascade.events.io.rectify import load_rectify_map, rectify
+
+__all__ = [
+    "EventFileInfo", "FORMATS", "detect_format", "event_file_info", "load_rectify_map", "read_events",
+    "rectify", "write_events",
+]

@@ -1,0 +1,170 @@
+"""``python -m evcascade.infer``: answer a question about an event recording and its video.
+
+    python -m evcascade.infer --events rec/events.h5 --video rec/video.mp4 --prompt "what is moving?"
+
+Exit codes: 0 ok, 2 bad arguments or input (one line on stderr naming the bad value), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+from evcascade.errors import InputError
+
+DEFAULT_PROMPT = "what is moving in the scene ?"
+BUNDLED_MODEL = "bundled"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's flags; each maps one-to-one onto a field of the request or the generation options."""
+    p = _Parser(prog="python -m evcascade.infer", description=__doc__.split("\n")[0])
+    p.add_argument("--events", required=True, help="event file (DSEC .h5, .h5, .npz, .npy, .txt/.csv, .raw, .dat, .aedat4)")
+    p.add_argument("--video", required=True, help="video file (.mp4, ...) or DSEC sequence/images folder")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"question (default: {DEFAULT_PROMPT!r})")
+    p.add_argument("--start-us", type=int, default=None, help="window start on the events clock (us)")
+    p.add_argument("--end-us", type=int, default=None, help="window end on the events clock (us, exclusive)")
+    p.add_argument("--video-offset-us", type=int, default=0, help="added to video timestamps to reach the events clock")
+    p.add_argument("--num-frames", type=int, default=8, help="frames sampled from the video window (default 8)")
+    p.add_argument("--model", default=BUNDLED_MODEL, help="preset name or local folder (default: the bundled demo cascade)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--mode", default="cascade", choices=["cascade", "target"], help="target = the target model alone")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled event files (runs code from the file)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of human output")
+    p.add_argument("--stats", action="store_true", help="print the full stats block")
+    return p
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check flag values that argparse cannot; raise InputError naming the bad value."""
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.num_frames < 1:
+        raise InputError(f"--num-frames must be >= 1, got {args.num_frames}")
+    if not args.temperature > 0:
+        raise InputError(f"--temperature must be > 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise InputError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.start_us is not None and args.end_us is not None and args.start_us >= args.end_us:
+        raise InputError(f"--start-us must be < --end-us, got {args.start_us} >= {args.end_us}")
+    if not (args.device == "cpu" or args.device == "cuda" or args.device.startswith("cuda:")):
+        raise InputError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {args.device} asked for, but no CUDA device is available here; use --device cpu")
+    if not args.prompt.strip():
+        raise InputError("--prompt is empty; ask a question, e.g. --prompt 'what is moving?'")
+    for flag, path in (("--events", args.events), ("--video", args.video)):
+        if not Path(path).expanduser().exists():
+            raise InputError(f"{flag}: no such file or folder: {path!r}")
+
+
+def _status(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Load the clip and answer; returns the JSON-able result (also used by the human printer)."""
+    from evcascade.clip import load_clip
+
+    quiet = args.json
+    t0 = time.perf_counter()
+    _status("loading events and video ...", quiet)
+    clip = load_clip(
+        args.events, args.video, start_us=args.start_us, end_us=args.end_us,
+        video_offset_us=args.video_offset_us, num_frames=args.num_frames, allow_pickle=args.allow_pickle,
+    )
+    load_s = time.perf_counter() - t0
+    result: dict[str, Any] = {
+        "inputs": {
+            "events": str(args.events), "video": str(args.video), "prompt": args.prompt,
+            "window_us": [clip.start_us, clip.end_us], "num_events": len(clip.events),
+            "num_frames": len(clip.video), "video_offset_us": args.video_offset_us,
+        },
+        "model": args.model,
+        "timings_s": {"load": load_s},
+    }
+    from evcascade.cascade import resolve_model
+
+    source = resolve_model(args.model)
+    if source is None:
+        # No bundled demo cascade ships yet: run the data layer to the point the models would start.
+        from evcascade.events import event_images
+
+        t1 = time.perf_counter()
+        images = event_images(clip.events, num_images=5)
+        result["timings_s"]["event_images"] = time.perf_counter() - t1
+        result["text"] = None
+        result["token_ids"] = []
+        result["note"] = (
+            "data layer only: no bundled demo cascade is installed in this version "
+            "(it is trained and shipped by the synthetic-world issue); pass --model PRESET_OR_FOLDER for a real one"
+        )
+        result["data_layer"] = {"event_images_shape": list(images.shape), "key_frame_shape": list(clip.video.key_frame.shape)}
+        return result
+    raise InputError(f"--model {args.model!r}: model loading is not available in this version")
+
+
+def print_human(result: dict[str, Any], show_stats: bool) -> None:
+    inputs = result["inputs"]
+    print(f"clip: {inputs['num_events']} events, {inputs['num_frames']} frames, window {inputs['window_us']} us")
+    if result.get("text") is not None:
+        print(result["text"])
+    if result.get("note"):
+        print(f"note: {result['note']}")
+        if "data_layer" in result:
+            dl = result["data_layer"]
+            print(f"event images {dl['event_images_shape']}, key frame {dl['key_frame_shape']}")
+    if show_stats:
+        print(json.dumps(result.get("stats", {}), indent=2))
+    print("timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result["timings_s"].items()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    debug = bool(os.environ.get("EVCASCADE_DEBUG"))
+    try:
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        validate(args)
+        result = run(args)
+    except InputError as exc:
+        print(f"evcascade: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evcascade: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: a bug, not a user mistake
+        if debug:
+            traceback.print_exc()
+        print(f"evcascade: internal error: {type(exc).__name__}: {exc} (set EVCASCADE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print_human(result, args.stats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
