@@ -23,6 +23,9 @@ _EXPORTS: dict[str, str] = {
     "write_events": "evcascade.events.io",
     "Video": "evcascade.video",
     "read_video": "evcascade.video",
+    "video_info": "evcascade.video",
+    "load_clip": "evcascade.clip",
+    "Clip": "evcascade.clip",
     "InputError": "evcascade.errors",
 }
 
@@ -46,4 +49,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from evcascade.errors import InputError
     from evcascade.events.container import Events, TorchEvents
     from evcascade.events.io import read_events, write_events
-    from evcascade.video import Video, read_video
+    from evcascade.clip import Clip, load_clip
+    from evcascade.video import Video, read_video, video_info

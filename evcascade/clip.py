@@ -1,0 +1,162 @@
+"""A `Clip`: events and video of one time window, on one clock.
+
+The clock is the events' clock. Video frame times are shifted by ``video_offset_us`` onto it (a
+DSEC image folder is already on it: its ``timestamps.txt`` and the events' ``t + t_offset`` share
+the image clock). Each recording covers ``[first, last + 1)`` us, as ``Events.end_us`` and
+``Video.end_us`` say, so a clip's window ends at its key frame by default.
+
+- Window: ``[start_us, end_us)``; by default the overlap of both recordings. A window that is not
+  inside both is an ``InputError`` naming both recordings' ranges and the window asked for.
+- Frames: ``num_frames`` sampled uniformly over the whole window (``evcascade.video``'s rule).
+- Events: the whole window, or with ``event_window_us`` only its last ``event_window_us``
+  (DSEC / EventGPT style, 50 ms), clamped to the window.
+
+Only the window is read from files: the events' range comes from ``event_file_info`` and the
+video's from ``video_info`` before anything is loaded.
+
+>>> import numpy as np
+>>> from evcascade.events.container import Events
+>>> from evcascade.video import Video
+>>> events = Events.from_arrays(x=[0, 1, 2], y=[0, 0, 0], t_us=[0, 40_000, 90_000], p=[1, 1, 0], sensor_size=(4, 4))
+>>> video = Video(np.zeros((3, 4, 4, 3), np.uint8), timestamps_us=[0, 50_000, 100_000])
+>>> clip = load_clip(events, video, num_frames=2)
+>>> clip.start_us, clip.end_us, len(clip.events), clip.video.timestamps_us.tolist()
+(0, 90001, 3, [0, 50000])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from evcascade.errors import InputError
+from evcascade.events.container import Events
+from evcascade.video import Video, read_video, video_info
+
+Range = tuple[int, int] | None  # [start_us, end_us) of a recording; None when it holds nothing
+
+
+@dataclass(frozen=True, eq=False)
+class Clip:
+    """Events in ``[events_start_us, end_us)`` and frames sampled over ``[start_us, end_us)``, one clock."""
+
+    events: Events
+    video: Video
+    start_us: int
+    end_us: int
+    events_start_us: int
+    events_path: str | None = None
+    video_path: str | None = None
+
+    @property
+    def duration_us(self) -> int:
+        return self.end_us - self.start_us
+
+    def describe(self) -> str:
+        """A few human-readable lines: window, events, frames and where they came from."""
+        ev, video = self.events, self.video
+        rate = len(ev) / max(1, self.end_us - self.events_start_us) * 1e6
+        return "\n".join([
+            f"clip [{self.start_us}, {self.end_us}) us ({self.duration_us / 1000:.1f} ms)",
+            f"events: {len(ev)} in [{self.events_start_us}, {self.end_us}) us, {rate / 1e6:.3f} Mev/s, "
+            f"sensor {ev.sensor_size[0]}x{ev.sensor_size[1]}"
+            + (f", from {self.events_path}" if self.events_path else ""),
+            f"video: {len(video)} frames {video.width}x{video.height} at "
+            f"{', '.join(str(int(t)) for t in video.timestamps_us)} us; key frame at {int(video.timestamps_us[-1])} us"
+            + (f", from {self.video_path}" if self.video_path else ""),
+        ])
+
+    def __repr__(self) -> str:
+        return (f"Clip([{self.start_us}, {self.end_us}) us, events={len(self.events)}, "
+                f"frames={len(self.video)}, events_path={self.events_path!r}, video_path={self.video_path!r})")
+
+
+def _format_range(name: str, span: Range) -> str:
+    return f"{name} [{span[0]}, {span[1]}) us" if span is not None else f"{name} hold nothing"
+
+
+def clip_window(events_range: Range, video_range: Range, start_us: int | None = None,
+                end_us: int | None = None) -> tuple[int, int]:
+    """The window ``[start, end)``: the given bounds, else the overlap of both ranges; it must lie in both.
+
+    >>> clip_window((0, 1000), (200, 1500))
+    (200, 1000)
+    >>> clip_window((0, 1000), (200, 1500), start_us=500)
+    (500, 1000)
+    """
+    for name, value in (("start_us", start_us), ("end_us", end_us)):
+        if value is not None and (isinstance(value, bool) or not hasattr(value, "__index__")):
+            raise InputError(f"{name} must be an integer number of microseconds or None, got {value!r}")
+    ranges = [r for r in (events_range, video_range) if r is not None]
+    start = int(start_us) if start_us is not None else (max(r[0] for r in ranges) if ranges else None)
+    end = int(end_us) if end_us is not None else (min(r[1] for r in ranges) if ranges else None)
+    both = f"{_format_range('events', events_range)}, {_format_range('video', video_range)}"
+    if start is None or end is None:
+        raise InputError(f"cannot choose a clip window: {both}; pass start_us and end_us")
+    if start >= end:
+        asked = "requested" if start_us is not None or end_us is not None else "their overlap is"
+        raise InputError(f"empty clip window: {asked} [{start}, {end}) us (start must be < end); {both}")
+    outside = [r for r in ranges if start < r[0] or end > r[1]]
+    if outside:
+        raise InputError(f"clip window [{start}, {end}) us is not inside both recordings: {both}")
+    return start, end
+
+
+def _events_range(events, allow_pickle: bool) -> tuple[Range, str | None]:
+    if isinstance(events, Events):
+        return ((events.start_us, events.end_us) if len(events) else None), None
+    if not isinstance(events, (str, Path)):
+        raise InputError(f"events must be a path or an Events, got {type(events).__name__}")
+    from evcascade.events.io import event_file_info
+
+    info = event_file_info(events, allow_pickle=allow_pickle)
+    span = (info.start_us, info.end_us) if info.start_us is not None else None
+    return span, str(events)
+
+
+def _video_range(video, video_offset_us: int) -> tuple[Range, str | None]:
+    if isinstance(video, Video):
+        if len(video) == 0:
+            raise InputError("video has no frames")
+        return (video.start_us + video_offset_us, video.end_us + video_offset_us), None
+    if not isinstance(video, (str, Path)):
+        raise InputError(f"video must be a path or a Video, got {type(video).__name__}")
+    info = video_info(video, video_offset_us=video_offset_us)
+    return (info.start_us, info.end_us), str(video)
+
+
+def load_clip(
+    events,
+    video,
+    *,
+    start_us: int | None = None,
+    end_us: int | None = None,
+    video_offset_us: int = 0,
+    num_frames: int = 8,
+    event_window_us: int | None = None,
+    allow_pickle: bool = False,
+) -> Clip:
+    """Events and ``num_frames`` video frames of one window, on the events' clock (see the module notes).
+
+    ``events`` is a path (any format ``read_events`` knows) or an ``Events``; ``video`` a path (video file
+    or DSEC image folder) or a ``Video``. ``allow_pickle`` is passed to the event reader (EventGPT's
+    pickled files execute code when loaded, so they need the opt-in).
+    """
+    if event_window_us is not None and (isinstance(event_window_us, bool) or int(event_window_us) <= 0):
+        raise InputError(f"event_window_us must be a positive number of microseconds or None, got {event_window_us!r}")
+    events_range, events_path = _events_range(events, allow_pickle)
+    video_range, video_path = _video_range(video, video_offset_us)
+    start, end = clip_window(events_range, video_range, start_us, end_us)
+    events_start = start if event_window_us is None else max(start, end - int(event_window_us))
+
+    if events_path is None:
+        window_events = events.window(events_start, end)
+    else:
+        from evcascade.events.io import read_events
+
+        window_events = read_events(events_path, events_start, end, allow_pickle=allow_pickle)
+    if video_path is None:
+        window_video = video.shift_time(video_offset_us).sample(num_frames, start, end, source="video")
+    else:
+        window_video = read_video(video_path, num_frames, start, end, video_offset_us=video_offset_us)
+    return Clip(window_events, window_video, start, end, events_start, events_path, video_path)
