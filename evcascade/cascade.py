@@ -1,30 +1,400 @@
-"""`Cascade`: the user-facing assembly of drafters and the Video-LLaVA verifier (floor 4).
+"""`Cascade`: a Video-LLaVA verifier and its drafting levels, assembled from a folder or a preset (floor 4).
 
-This module resolves a ``--model`` argument (the bundled demo cascade, a preset name, or a local
-folder) and builds the decoding stack from it.
+A cascade folder (what ``Cascade.save_pretrained`` writes and ``Cascade.from_pretrained`` reads)::
+
+    my_cascade/
+      cascade.json            {"format": "evcascade.cascade", "version": 1, "target": "target",
+                               "levels": [{"type": "ngram", "name": "ngram"},
+                                          {"type": "event_drafter", "name": "events", "path": "levels/events"}],
+                               "generation": {"max_new_tokens": 32, "draft_k": 5}}
+      target/                 VideoLlavaForConditionalGeneration + tokenizer (save_pretrained)
+      levels/events/          event_encoder/ alignment/ [frame_refiner/] draft_lm/  (save_pretrained each)
+
+``target`` and a level's ``path`` are folders relative to cascade.json or Hugging Face hub ids. Level types:
+``ngram`` (prompt lookup, no weights), ``model`` (any causal LM sharing the target's tokenizer),
+``drafter_preset`` (a named preset under ``evcascade/assets/presets/drafters``), ``event_drafter`` (our event
+encoder + alignment [+ frame refiner] + draft LM; with a refiner it is the L2 events+key-frame level).
+Presets (``evcascade/assets/presets/cascades/*.json``) are cascade.json files whose paths are hub ids.
+
+>>> from evcascade.testing import tiny_tokenizer, tiny_video_llava
+>>> tok = tiny_tokenizer()
+>>> cascade = Cascade.from_models(tiny_video_llava(tok), tok)
+>>> [level.name for level in cascade.levels]
+['ngram']
 """
 
 from __future__ import annotations
 
+import json
+import queue
+import threading
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
 
 from evcascade.errors import InputError
 
 BUNDLED = "bundled"
-BUNDLED_DIR = Path(__file__).resolve().parent / "assets" / "demo_cascade"
+ASSETS = Path(__file__).resolve().parent / "assets"
+BUNDLED_DIR = ASSETS / "demo_cascade"
+CASCADE_PRESET_DIR = ASSETS / "presets" / "cascades"
+CONFIG_NAME = "cascade.json"
+FORMAT = "evcascade.cascade"
+DEFAULT_PROMPT = "what is moving in the scene ?"
+
+
+def list_cascade_presets() -> list[str]:
+    """Names accepted by ``--model`` besides ``bundled`` and folders."""
+    return sorted(p.stem for p in CASCADE_PRESET_DIR.glob("*.json"))
 
 
 def resolve_model(name: str) -> Path | None:
-    """Where the weights for ``name`` live; None when the bundled demo cascade is not installed.
+    """The cascade.json that ``name`` means, or None when it is ``bundled`` and no demo cascade is installed.
 
-    ``name`` is ``"bundled"`` (the demo cascade shipped in the package) or a local folder.
+    ``name`` is ``"bundled"``, a preset name (``list_cascade_presets()``) or a folder holding cascade.json.
     """
     if name == BUNDLED:
-        return BUNDLED_DIR if (BUNDLED_DIR / "cascade.json").is_file() else None
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
+        path = BUNDLED_DIR / CONFIG_NAME
+        return path if path.is_file() else None
+    preset = CASCADE_PRESET_DIR / f"{name}.json"
+    if preset.is_file():
+        return preset
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / CONFIG_NAME).is_file():
+            raise InputError(f"--model {name!r}: the folder has no {CONFIG_NAME} (write one with Cascade.save_pretrained)")
+        return folder / CONFIG_NAME
     raise InputError(
-        f"--model {name!r} is neither 'bundled' nor an existing folder; "
-        "use the bundled default (omit --model) or a folder written by save_pretrained"
+        f"--model {name!r} is not 'bundled', a preset ({', '.join(list_cascade_presets())}) or a folder with "
+        f"{CONFIG_NAME}; omit --model for the bundled default"
     )
+
+
+@dataclass
+class Answer:
+    """One answer: its text, its token ids (answer only) and how it was made."""
+
+    text: str
+    token_ids: list[int]
+    stats: Any
+    """`evcascade.decoding.stats.DecodeStats`: tau, per-level acceptance by position, timings, tokens/s."""
+    mode: str = "cascade"
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "token_ids": list(self.token_ids), "mode": self.mode,
+                "stats": self.stats.to_dict(), "inputs": self.inputs}
+
+
+def _dtype_of(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    names = {None: "auto", "auto": "auto", "float32": torch.float32, "fp32": torch.float32,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in names:
+        raise InputError(f"dtype must be one of auto, float32, bfloat16, float16, got {dtype!r}")
+    return names[dtype]
+
+
+def _weights_missing(what: str, where: str, exc: Exception) -> InputError:
+    return InputError(
+        f"{what} needs weights from {where!r}, which are not on this machine (not a local folder and not in the "
+        f"Hugging Face cache) and cannot be downloaded here; fetch them on a connected machine "
+        f"(huggingface-cli download {where}) or omit --model to use the bundled default ({type(exc).__name__})"
+    )
+
+
+class Cascade:
+    """Answers questions about an event recording + video: drafting levels, cheapest first, and a Video-LLaVA verifier.
+
+    ``generate(..., mode="cascade")`` is lossless in greedy mode: its tokens equal ``mode="target"`` (the target
+    decoding alone), always.
+    """
+
+    def __init__(self, verifier, tokenizer, levels: Sequence[Any] = (), *, name: str = "custom",
+                 generation: dict[str, Any] | None = None, source: str | None = None) -> None:
+        from evcascade.decoding.engine import CascadeDecoder
+        from evcascade.decoding.prompting import VideoLlavaPrompter
+
+        self.verifier, self.tokenizer, self.levels = verifier, tokenizer, list(levels)
+        self.name, self.source = name, source
+        self.generation_defaults = dict(generation or {})
+        self.prompter = VideoLlavaPrompter(tokenizer, verifier.model.config)
+        self.decoder = CascadeDecoder(verifier, self.levels)
+        self.target_decoder = CascadeDecoder(verifier, [])
+        vision = verifier.model.config.vision_config
+        tokens_per_frame = (vision.image_size // vision.patch_size) ** 2 + 1
+        self.num_frames = int(verifier.model.config.video_seq_length // tokens_per_frame)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_models(cls, target, tokenizer, levels: Sequence[Any] | None = None, **kwargs) -> "Cascade":
+        """From in-memory models: a ``VideoLlavaForConditionalGeneration`` and drafters (default: the n-gram level)."""
+        from evcascade.decoding.ngram import NGramDrafter
+        from evcascade.decoding.verifier import VideoLlavaVerifier
+
+        levels = [NGramDrafter(name="ngram")] if levels is None else list(levels)
+        return cls(VideoLlavaVerifier(target), tokenizer, levels, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, preset_or_path: str | Path = BUNDLED, *, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype | None = "auto") -> "Cascade":
+        """Load ``bundled``, a preset name, or a folder written by ``save_pretrained``."""
+        config_path = resolve_model(str(preset_or_path))
+        if config_path is None:
+            raise InputError(
+                "the bundled demo cascade is not installed in this version of evcascade (it ships with the "
+                "synthetic-world release); pass a preset name or a folder written by Cascade.save_pretrained"
+            )
+        try:
+            spec = json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{str(config_path)!r} is not valid JSON: {exc}") from None
+        if spec.get("format") != FORMAT:
+            raise InputError(f"{str(config_path)!r} is not an evcascade cascade (format={spec.get('format')!r}, "
+                             f"expected {FORMAT!r})")
+        return _build(spec, config_path.parent, str(preset_or_path), torch.device(device), _dtype_of(dtype))
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write cascade.json, the target (+ tokenizer) and every level's weights under ``folder``."""
+        from evcascade.decoding.model_drafter import ModelDrafter
+        from evcascade.decoding.ngram import NGramDrafter
+
+        root = Path(folder)
+        root.mkdir(parents=True, exist_ok=True)
+        self.verifier.model.save_pretrained(root / "target")
+        self.tokenizer.save_pretrained(root / "target")
+        levels = []
+        for level in self.levels:
+            if isinstance(level, NGramDrafter):
+                levels.append({"type": "ngram", "name": level.name, "max_ngram": level.max_ngram,
+                               "min_ngram": level.min_ngram})
+            elif isinstance(level, ModelDrafter) and getattr(level.prefix_fn, "encoder", None) is not None:
+                prefix = level.prefix_fn
+                path = f"levels/{level.name}"
+                for sub, module in (("event_encoder", prefix.encoder), ("alignment", prefix.alignment),
+                                    ("frame_refiner", prefix.refiner), ("draft_lm", prefix.draft_lm)):
+                    if module is not None:
+                        module.save_pretrained(root / path / sub)
+                levels.append({"type": "event_drafter", "name": level.name, "path": path})
+            elif isinstance(level, ModelDrafter) and level.prefix_fn is None:
+                path = f"levels/{level.name}"
+                level.model.save_pretrained(root / path)
+                levels.append({"type": "model", "name": level.name, "path": path})
+            else:
+                raise InputError(f"cannot save level {level.name!r} of type {type(level).__name__}")
+        spec = {"format": FORMAT, "version": 1, "name": self.name, "target": "target", "levels": levels,
+                "generation": self.generation_defaults}
+        (root / CONFIG_NAME).write_text(json.dumps(spec, indent=2))
+        return root
+
+    # ------------------------------------------------------------------ answering
+    def generate(self, events: Any = None, video: Any = None, prompt: str = DEFAULT_PROMPT, *,
+                 start_us: int | None = None, end_us: int | None = None, video_offset_us: int = 0,
+                 mode: str = "cascade", allow_pickle: bool = False, on_text=None, **options: Any) -> Answer:
+        """Answer ``prompt`` about a clip.
+
+        ``events``: a path, an `Events`, or a structured array (x, y, t, p); ``video``: a path, a `Video`, or
+        uint8 frames ``[T, H, W, 3]``. ``options`` are `GenerationOptions` fields (max_new_tokens, do_sample,
+        temperature, top_k, top_p, seed, stop_strings, draft_k, adaptive). ``on_text(piece)`` streams text.
+        """
+        from evcascade.clip import load_clip
+        from evcascade.decoding.drafters import DraftContext
+        from evcascade.decoding.engine import GenerationOptions
+        from evcascade.decoding.verifier import VerifyRequest
+
+        if mode not in ("cascade", "target"):
+            raise InputError(f"mode must be 'cascade' or 'target', got {mode!r}")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError(f"prompt must be a non-empty question, got {prompt!r}")
+        if video is None:
+            raise InputError("video is required: Video-LLaVA answers from the clip's frames")
+        events_in, video_in = _as_events(events), _as_video(video, events)
+        if events_in is None:
+            raise InputError("events are required (a path, an Events, or a structured array)")
+        clip = load_clip(events_in, video_in, start_us=start_us, end_us=end_us, video_offset_us=video_offset_us,
+                         num_frames=self.num_frames, allow_pickle=allow_pickle)
+        merged = {**self.generation_defaults, **options}
+        try:
+            gen = GenerationOptions(tokenizer=self.tokenizer, **merged)
+        except TypeError as exc:
+            raise InputError(f"unknown generation option: {exc}") from None
+        built = self.prompter(prompt)
+        self.prompter.check_fits(built, gen.max_new_tokens)
+        pixels = self.verifier.pixel_values(clip.video.frames)  # [1, T, 3, S, S]
+        request = VerifyRequest(built.target_ids, pixels)
+        context = DraftContext(built.text_ids, events=clip.events, video=clip.video)
+        decoder = self.decoder if mode == "cascade" else self.target_decoder
+        on_tokens = _TextStreamer(self.tokenizer, on_text) if on_text is not None else None
+        with self._lock:  # one request at a time per verifier (its KV cache is the request's state)
+            result = decoder.generate(request, context, gen, on_tokens=on_tokens)
+        inputs = {"window_us": [clip.start_us, clip.end_us], "num_events": len(clip.events),
+                  "num_frames": len(clip.video), "events": clip.events_path, "video": clip.video_path,
+                  "prompt": prompt}
+        return Answer(result.text or "", result.token_ids[0].tolist(), result.stats, mode, inputs)
+
+    def stream(self, events: Any = None, video: Any = None, prompt: str = DEFAULT_PROMPT, **kwargs: Any) -> Iterator[str]:
+        """Yield pieces of the answer's text as tokens are accepted; the last item is the `Answer` itself."""
+        pieces: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+
+        def work() -> None:
+            try:
+                answer = self.generate(events, video, prompt, on_text=lambda s: pieces.put(("text", s)), **kwargs)
+                pieces.put(("done", answer))
+            except BaseException as exc:  # handed to the caller's thread
+                pieces.put(("error", exc))
+
+        threading.Thread(target=work, daemon=True, name="evcascade-stream").start()
+        while True:
+            kind, value = pieces.get()
+            if kind == "text":
+                yield value
+            elif kind == "done":
+                yield value
+                return
+            else:
+                raise value
+
+    def __repr__(self) -> str:
+        return f"Cascade(name={self.name!r}, levels={[level.name for level in self.levels]}, frames={self.num_frames})"
+
+
+class _TextStreamer:
+    """Turns accepted token ids into text pieces (decoding the whole answer so far keeps spacing right)."""
+
+    def __init__(self, tokenizer, on_text) -> None:
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def __call__(self, new_ids: torch.Tensor) -> None:
+        self.ids.extend(new_ids[0].tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            self.on_text(text[len(self.sent):])
+            self.sent = text
+
+
+def _as_events(events: Any) -> Any:
+    from evcascade.events.container import Events
+
+    if events is None or isinstance(events, (str, Path, Events)):
+        return events
+    if isinstance(events, np.ndarray) and events.dtype.names:
+        return Events.from_structured(events)
+    raise InputError(f"events must be a path, an Events or a structured array (x, y, t, p), got {type(events).__name__}")
+
+
+def _as_video(video: Any, events: Any) -> Any:
+    """Paths and `Video`s pass through; a bare frame array gets timestamps spread over the events' span."""
+    from evcascade.events.container import Events
+    from evcascade.video import Video
+
+    if isinstance(video, (str, Path, Video)):
+        return video
+    if isinstance(video, (np.ndarray, torch.Tensor)):
+        frames = video.cpu().numpy() if isinstance(video, torch.Tensor) else video
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise InputError(f"video frames must be uint8 [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+        evs = _as_events(events)
+        if isinstance(evs, Events) and len(evs):
+            timestamps = np.linspace(evs.start_us, evs.end_us - 1, len(frames)).astype(np.int64)
+        else:
+            timestamps = np.arange(len(frames), dtype=np.int64) * 50_000
+        return Video(frames, timestamps)
+    raise InputError(f"video must be a path, a Video or uint8 frames [T, H, W, 3], got {type(video).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def _is_local(root: Path, ref: str) -> Path | None:
+    path = (root / ref) if not Path(ref).is_absolute() else Path(ref)
+    return path if path.exists() else None
+
+
+def _build(spec: dict[str, Any], root: Path, source: str, device: torch.device, dtype) -> Cascade:
+    from transformers import AutoTokenizer
+
+    from evcascade.decoding.verifier import VideoLlavaVerifier
+
+    target_ref = spec.get("target")
+    if not isinstance(target_ref, str) or not target_ref:
+        raise InputError(f"{source}: cascade.json needs a 'target' (folder or hub id), got {target_ref!r}")
+    target_path = _is_local(root, target_ref)
+    where = str(target_path) if target_path is not None else target_ref
+    try:
+        verifier = VideoLlavaVerifier.from_pretrained(where, device=device, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(where)
+    except (OSError, InputError) as exc:
+        if target_path is None:
+            raise _weights_missing(f"--model {source!r} (target)", target_ref, exc) from None
+        raise InputError(f"{source}: cannot load the target from {where!r}: {exc}") from None
+    levels = [_build_level(level, root, source, verifier, device) for level in spec.get("levels", [])]
+    return Cascade(verifier, tokenizer, levels, name=spec.get("name", source), generation=spec.get("generation"),
+                   source=source)
+
+
+def _build_level(level: dict[str, Any], root: Path, source: str, verifier, device: torch.device):
+    from evcascade.decoding.model_drafter import ModelDrafter
+    from evcascade.decoding.ngram import NGramDrafter
+
+    kind, name = level.get("type"), level.get("name", level.get("type"))
+    if kind == "ngram":
+        options = {k: level[k] for k in ("max_ngram", "min_ngram", "memory_size") if k in level}
+        return NGramDrafter(name=name, **options)
+    if kind == "drafter_preset":
+        from evcascade.models.presets import load_drafter_preset
+
+        preset = load_drafter_preset(level["preset"])
+        try:
+            model = preset.load(device)
+        except (OSError, InputError) as exc:
+            raise _weights_missing(f"--model {source!r} (level {name!r})", preset.hub_id, exc) from None
+        if preset.format == "eventgpt":
+            return ModelDrafter(model.draft_lm, prefix_fn=model.prefix(), name=name, vocab_size=preset.vocab_size)
+        return ModelDrafter(model, name=name, vocab_size=preset.vocab_size)
+    ref = level.get("path")
+    if not isinstance(ref, str):
+        raise InputError(f"{source}: level {name!r} of type {kind!r} needs a 'path'")
+    path = _is_local(root, ref)
+    if kind == "model":
+        from transformers import AutoModelForCausalLM
+
+        import evcascade.models  # noqa: F401  (registers DraftLM)
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path) if path else ref).to(device)
+        except OSError as exc:
+            raise _weights_missing(f"--model {source!r} (level {name!r})", ref, exc) from None
+        return ModelDrafter(model, name=name, vocab_size=level.get("vocab_size"))
+    if kind == "event_drafter":
+        if path is None:
+            raise InputError(f"{source}: event drafter level {name!r}: no folder {str(root / ref)!r}")
+        return _event_drafter(path, name, verifier, device)
+    raise InputError(f"{source}: unknown level type {kind!r} (known: ngram, model, drafter_preset, event_drafter)")
+
+
+def _event_drafter(path: Path, name: str, verifier, device: torch.device):
+    from transformers import AutoModel
+
+    import evcascade.models  # noqa: F401  (registers our Auto classes)
+    from evcascade.decoding.model_drafter import ModelDrafter
+    from evcascade.models.pipeline import KeyFrameEncoder, build_event_drafter_prefix
+
+    parts = {}
+    for sub in ("event_encoder", "alignment", "frame_refiner", "draft_lm"):
+        if (path / sub).is_dir():
+            parts[sub] = AutoModel.from_pretrained(str(path / sub)).to(device).eval()
+    for required in ("event_encoder", "draft_lm"):
+        if required not in parts:
+            raise InputError(f"event drafter level {name!r}: {str(path)!r} lacks the {required}/ folder")
+    refiner = parts.get("frame_refiner")
+    prefix = build_event_drafter_prefix(
+        parts["event_encoder"], parts["draft_lm"], alignment=parts.get("alignment"), refiner=refiner,
+        key_frame_encoder=KeyFrameEncoder.from_video_llava(verifier.model) if refiner is not None else None,
+        target_config=verifier.model.config,
+    )
+    return ModelDrafter(parts["draft_lm"], prefix_fn=prefix, name=name)

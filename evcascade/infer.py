@@ -86,59 +86,76 @@ def _status(message: str, quiet: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Load the clip and answer; returns the JSON-able result (also used by the human printer)."""
+    """Load the clip and the model, answer; returns the JSON-able result (also used by the human printer)."""
+    from evcascade.cascade import Cascade, resolve_model
     from evcascade.clip import load_clip
 
     quiet = args.json
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    source = resolve_model(args.model)  # a bad --model fails before any slow loading
     _status("loading events and video ...", quiet)
     clip = load_clip(
         args.events, args.video, start_us=args.start_us, end_us=args.end_us,
         video_offset_us=args.video_offset_us, num_frames=args.num_frames, allow_pickle=args.allow_pickle,
     )
-    load_s = time.perf_counter() - t0
-    result: dict[str, Any] = {
-        "inputs": {
-            "events": str(args.events), "video": str(args.video), "prompt": args.prompt,
-            "window_us": [clip.start_us, clip.end_us], "num_events": len(clip.events),
-            "num_frames": len(clip.video), "video_offset_us": args.video_offset_us,
-        },
-        "model": args.model,
-        "timings_s": {"load": load_s},
+    timings["load_clip"] = time.perf_counter() - t0
+    inputs = {
+        "events": str(args.events), "video": str(args.video), "prompt": args.prompt,
+        "window_us": [clip.start_us, clip.end_us], "num_events": len(clip.events),
+        "num_frames": len(clip.video), "video_offset_us": args.video_offset_us,
     }
-    from evcascade.cascade import resolve_model
-
-    source = resolve_model(args.model)
+    result: dict[str, Any] = {"model": args.model, "mode": args.mode, "inputs": inputs, "timings_s": timings}
     if source is None:
         # No bundled demo cascade ships yet: run the data layer to the point the models would start.
         from evcascade.events import event_images
 
         t1 = time.perf_counter()
         images = event_images(clip.events, num_images=5)
-        result["timings_s"]["event_images"] = time.perf_counter() - t1
-        result["text"] = None
-        result["token_ids"] = []
-        result["note"] = (
+        timings["event_images"] = time.perf_counter() - t1
+        result.update(text=None, token_ids=[], note=(
             "data layer only: no bundled demo cascade is installed in this version "
-            "(it is trained and shipped by the synthetic-world issue); pass --model PRESET_OR_FOLDER for a real one"
-        )
-        result["data_layer"] = {"event_images_shape": list(images.shape), "key_frame_shape": list(clip.video.key_frame.shape)}
+            "(it is trained and shipped by the synthetic-world issue); pass --model PRESET_OR_FOLDER for a real one"),
+            data_layer={"event_images_shape": list(images.shape), "key_frame_shape": list(clip.video.key_frame.shape)})
         return result
-    raise InputError(f"--model {args.model!r}: model loading is not available in this version")
+    _status(f"loading model {args.model} ...", quiet)
+    t1 = time.perf_counter()
+    cascade = Cascade.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    timings["load_model"] = time.perf_counter() - t1
+    if cascade.num_frames != args.num_frames:
+        clip = load_clip(args.events, args.video, start_us=args.start_us, end_us=args.end_us,
+                         video_offset_us=args.video_offset_us, num_frames=cascade.num_frames,
+                         allow_pickle=args.allow_pickle)
+    options: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample,
+                               "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
+    streaming = not quiet
+    if streaming:
+        print("answer: ", end="", flush=True)
+    answer = cascade.generate(
+        clip.events, clip.video, args.prompt, mode=args.mode,
+        on_text=(lambda piece: print(piece, end="", flush=True)) if streaming else None, **options,
+    )
+    if streaming:
+        print(flush=True)
+    timings["generate"] = answer.stats.total_s
+    result.update(text=answer.text, token_ids=answer.token_ids, stats=answer.stats.to_dict(),
+                  summary=answer.stats.summary(), streamed=streaming)
+    return result
 
 
 def print_human(result: dict[str, Any], show_stats: bool) -> None:
     inputs = result["inputs"]
+    if result.get("text") is not None and not result.get("streamed"):
+        print(f"answer: {result['text']}")
     print(f"clip: {inputs['num_events']} events, {inputs['num_frames']} frames, window {inputs['window_us']} us")
-    if result.get("text") is not None:
-        print(result["text"])
     if result.get("note"):
         print(f"note: {result['note']}")
-        if "data_layer" in result:
-            dl = result["data_layer"]
-            print(f"event images {dl['event_images_shape']}, key frame {dl['key_frame_shape']}")
-    if show_stats:
-        print(json.dumps(result.get("stats", {}), indent=2))
+        dl = result["data_layer"]
+        print(f"event images {dl['event_images_shape']}, key frame {dl['key_frame_shape']}")
+    if result.get("summary"):
+        print(result["summary"])
+    if show_stats and result.get("stats"):
+        print(json.dumps(result["stats"], indent=2))
     print("timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result["timings_s"].items()))
 
 

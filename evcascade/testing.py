@@ -115,3 +115,26 @@ def tiny_video_llava(tokenizer=None, seed: int = 0, **config_kwargs):
     torch.manual_seed(seed)
     model = VideoLlavaForConditionalGeneration(tiny_video_llava_config(tokenizer, **config_kwargs))
     return model.eval()
+
+
+def tiny_event_drafter_parts(target_config, tokenizer=None, *, seed: int = 0, refiner: bool = True):
+    """Event encoder -> alignment -> [frame refiner] -> draft LM, sized for ``target_config`` (a tiny VideoLlava).
+
+    Returns ``(encoder, alignment, refiner_or_None, draft_lm)``, random weights, eval mode.
+    """
+    from evcascade.models import (AlignmentMLP, DraftLM, DraftLMConfig, EventEncoder, EventEncoderConfig,
+                                  FrameRefiner, FrameRefinerConfig)
+    from evcascade.models.alignment import target_video_layout
+
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
+    num_frames, _, hidden = target_video_layout(target_config)
+    torch.manual_seed(seed)
+    clip = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                patch_size=8)
+    encoder = EventEncoder(EventEncoderConfig(vision_config=clip, num_images=5, spatial_grid=2)).eval()
+    alignment = AlignmentMLP.for_models(encoder.config, target_config, hidden_size=24).eval()
+    frame_refiner = (FrameRefiner(FrameRefinerConfig(hidden_size=hidden, fusion_size=8, num_frames=num_frames)).eval()
+                     if refiner else None)
+    draft_lm = DraftLM(DraftLMConfig(text_config=tiny_llama_config(len(tokenizer)).to_dict(),
+                                     visual_hidden_size=hidden, pool_frames=4, pool_grid=1)).eval()
+    return encoder, alignment, frame_refiner, draft_lm

@@ -1,4 +1,4 @@
-"""Drafter presets: YAML files under ``configs/drafters/`` naming a real drafter, read into `DrafterPreset`.
+"""Drafter presets: YAML files under ``evcascade/assets/presets/drafters/`` naming a real drafter, read into `DrafterPreset`.
 
 A preset is configuration, not code: the hub id (or a local folder), the dtype, which visual prefix the
 drafter uses (``none`` = text-only; ``events`` = L1; ``events+key_frame`` = L2; ``eventgpt``), its meaningful
@@ -18,7 +18,7 @@ import torch
 
 from evcascade.errors import InputError, InputFileNotFoundError
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "drafters"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "assets" / "presets" / "drafters"
 VISUAL_PREFIXES = ("none", "events", "events+key_frame", "eventgpt")
 FORMATS = ("hf", "eventgpt")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -26,7 +26,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class DrafterPreset:
-    """One real drafter, as named in a ``configs/drafters/*.yaml`` file."""
+    """One real drafter, as named in a ``evcascade/assets/presets/drafters/*.yaml`` file."""
 
     name: str
     hub_id: str
