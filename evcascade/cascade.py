@@ -195,12 +195,15 @@ class Cascade:
     # ------------------------------------------------------------------ answering
     def generate(self, events: Any = None, video: Any = None, prompt: str = DEFAULT_PROMPT, *,
                  start_us: int | None = None, end_us: int | None = None, video_offset_us: int = 0,
-                 mode: str = "cascade", allow_pickle: bool = False, on_text=None, **options: Any) -> Answer:
+                 mode: str = "cascade", allow_pickle: bool = False, on_text=None, clip: Any = None,
+                 **options: Any) -> Answer:
         """Answer ``prompt`` about a clip.
 
         ``events``: a path, an `Events`, or a structured array (x, y, t, p); ``video``: a path, a `Video`, or
-        uint8 frames ``[T, H, W, 3]``. ``options`` are `GenerationOptions` fields (max_new_tokens, do_sample,
-        temperature, top_k, top_p, seed, stop_strings, draft_k, adaptive). ``on_text(piece)`` streams text.
+        uint8 frames ``[T, H, W, 3]``; or ``clip``: an `evcascade.clip.Clip` already on one clock (then events,
+        video and the window arguments are not used). ``options`` are `GenerationOptions` fields
+        (max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_strings, draft_k, adaptive).
+        ``on_text(piece)`` is called with each new piece of the answer's text.
         """
         from evcascade.clip import load_clip
         from evcascade.decoding.drafters import DraftContext
@@ -211,13 +214,16 @@ class Cascade:
             raise InputError(f"mode must be 'cascade' or 'target', got {mode!r}")
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(f"prompt must be a non-empty question, got {prompt!r}")
-        if video is None:
-            raise InputError("video is required: Video-LLaVA answers from the clip's frames")
-        events_in, video_in = _as_events(events), _as_video(video, events)
-        if events_in is None:
-            raise InputError("events are required (a path, an Events, or a structured array)")
-        clip = load_clip(events_in, video_in, start_us=start_us, end_us=end_us, video_offset_us=video_offset_us,
-                         num_frames=self.num_frames, allow_pickle=allow_pickle)
+        if clip is None:
+            if video is None:
+                raise InputError("video is required: Video-LLaVA answers from the clip's frames")
+            events_in, video_in = _as_events(events), _as_video(video, events)
+            if events_in is None:
+                raise InputError("events are required (a path, an Events, or a structured array)")
+            clip = load_clip(events_in, video_in, start_us=start_us, end_us=end_us, video_offset_us=video_offset_us,
+                             num_frames=self.num_frames, allow_pickle=allow_pickle)
+        elif len(clip.video) != self.num_frames:
+            raise InputError(f"the clip has {len(clip.video)} frames but this target takes {self.num_frames}")
         merged = {**self.generation_defaults, **options}
         try:
             gen = GenerationOptions(tokenizer=self.tokenizer, **merged)
