@@ -1,0 +1,364 @@
+"""``CascadeDecoder``: lossless speculative decoding with a cascade of drafters and one verifier.
+
+One step, after the prefill has chosen the first token (the "pending" token, not yet in the target's cache):
+
+    plan  = policy.plan(k_max)                        which levels draft which positions (policy.py)
+    draft = levels draft the block                    horizontal segments; vertical: a level reviews drafts of
+                                                      the level below with its own check (acceptance.py)
+    logits = verifier.verify([pending] + draft)       ONE target forward, [B, k+1, V]
+    n, next = accept(draft, logits)                   greedy match or speculative sampling
+    verifier.rollback(k - n); drafters.accepted(..)   caches back to the accepted length
+    new = draft[:n] + [next], cut at the first stop   EOS / max_new_tokens / stop strings, as generate does
+
+The target's verification is always the lossless rule, so the answer equals the target's own ``generate``
+(greedy: token for token; sampling: in distribution), whatever the drafters do. Only B == 1 is supported;
+every tensor keeps its batch dimension so B > 1 can come later.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+import torch
+
+from evcascade.decoding.acceptance import AcceptanceRule, accept
+from evcascade.decoding.drafters import Draft, DraftContext, Drafter, check_vocabulary
+from evcascade.decoding.policy import AdaptivePolicy, DraftPlan, DraftSegment, static_plan
+from evcascade.decoding.sampling import SamplingParams, choose_token, probabilities
+from evcascade.decoding.stats import DecodeStats
+from evcascade.decoding.stopping import StopChecker
+from evcascade.decoding.verifier import Verifier, VerifyRequest
+from evcascade.errors import InputError
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to decode one answer."""
+
+    max_new_tokens: int = 64
+    """Most answer tokens (EOS and the stop-string token included); >= 1."""
+    do_sample: bool = False
+    """False: greedy (equals ``generate(do_sample=False)`` token for token); True: sampling (equal in distribution)."""
+    temperature: float = 1.0
+    """Sampling temperature (> 0); ignored when greedy."""
+    top_k: int | None = None
+    """Sampling top-k; None or 0 keeps all ids (``generate`` defaults to 50: pass it to compare)."""
+    top_p: float = 1.0
+    """Sampling nucleus mass in (0, 1]; 1.0 keeps all ids."""
+    seed: int | None = None
+    """Seed of the request's random generator (sampling only); None draws a fresh one."""
+    stop_strings: tuple[str, ...] = ()
+    """Strings that end the answer once generated (needs ``tokenizer``); the completing token is kept."""
+    eos_token_ids: tuple[int, ...] | None = None
+    """Ids that end the answer (kept in it); None uses the verifier's."""
+    draft_k: int = 5
+    """Most draft tokens per target forward; 0 is plain decoding."""
+    adaptive: bool = True
+    """True: the policy picks levels and draft length each step; False: the static cascade with ``draft_k``."""
+    tokenizer: object | None = None
+    """Tokenizer for stop strings and for ``DecodeResult.text``."""
+
+    def __post_init__(self) -> None:
+        def is_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+        if not is_int(self.draft_k) or self.draft_k < 0:
+            raise InputError(f"draft_k must be an int >= 0, got {self.draft_k!r}")
+        if self.seed is not None and not is_int(self.seed):
+            raise InputError(f"seed must be None or an int, got {self.seed!r}")
+        stop_strings = (self.stop_strings,) if isinstance(self.stop_strings, str) else tuple(self.stop_strings)
+        if not all(isinstance(s, str) and s for s in stop_strings):
+            raise InputError(f"stop_strings must be non-empty strings, got {self.stop_strings!r}")
+        if stop_strings and self.tokenizer is None:
+            raise InputError(f"stop_strings {list(stop_strings)!r} need a tokenizer: pass tokenizer=")
+        object.__setattr__(self, "stop_strings", stop_strings)
+        if self.eos_token_ids is not None:
+            eos = (self.eos_token_ids,) if is_int(self.eos_token_ids) else tuple(self.eos_token_ids)
+            if not all(is_int(e) and e >= 0 for e in eos):
+                raise InputError(f"eos_token_ids must be ints >= 0, got {self.eos_token_ids!r}")
+            object.__setattr__(self, "eos_token_ids", eos)
+        self.sampling_params()  # temperature / top_k / top_p checks
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(do_sample=bool(self.do_sample), temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p)
+
+
+@dataclass
+class DecodeResult:
+    """An answer: ``token_ids [1, n]`` (answer only, no prompt), its stats, and its text given a tokenizer."""
+
+    token_ids: torch.LongTensor
+    stats: DecodeStats
+    text: str | None = None
+
+
+@dataclass
+class _Segment:
+    """Where a plan segment's drafts landed in the block (for stats, the policy and ``accepted``)."""
+
+    level: int
+    start: int
+    requested: int
+    proposed: int
+
+
+@dataclass
+class _Step:
+    """One request's mutable state, so helpers need not pass a dozen arguments."""
+
+    params: SamplingParams
+    generator: torch.Generator
+    stats: DecodeStats
+    segments: list[_Segment] = field(default_factory=list)
+
+
+class CascadeDecoder:
+    """Speculative decoding with ``levels`` (cheapest first) drafting for ``verifier``.
+
+    ``policy`` (default: an ``AdaptivePolicy``, kept across requests) chooses plans when
+    ``GenerationOptions.adaptive``; otherwise the static cascade runs (the last level drafts ``draft_k`` tokens,
+    sped up by the levels below it). ``inner_rule`` is the hook for lenient reviews between levels (default:
+    the lossless rule); the target's verification never uses it. Under sampling a lenient inner review hands
+    its tokens on as point masses, which keeps the answer exactly distributed as the target's.
+
+    >>> from evcascade.decoding.ngram import NGramDrafter
+    >>> from evcascade.decoding.verifier import CausalLMVerifier
+    >>> from evcascade.testing import tiny_llama
+    >>> decoder = CascadeDecoder(CausalLMVerifier(tiny_llama(vocab_size=50)), [NGramDrafter()])
+    >>> prompt = torch.tensor([[1, 5, 7]])
+    >>> options = GenerationOptions(max_new_tokens=8, eos_token_ids=())
+    >>> result = decoder.generate(VerifyRequest(prompt), DraftContext(prompt), options)
+    >>> result.token_ids.shape, result.stats.num_tokens
+    (torch.Size([1, 8]), 8)
+    """
+
+    def __init__(self, verifier: Verifier, levels: Sequence[Drafter], *, policy: AdaptivePolicy | None = None,
+                 inner_rule: AcceptanceRule | None = None) -> None:
+        self.verifier, self.levels = verifier, list(levels)
+        names = [level.name for level in self.levels]
+        if len(set(names)) != len(names):
+            raise InputError(f"level names must be distinct (stats are keyed by them), got {names}")
+        for level in self.levels:
+            if not isinstance(level, Drafter):
+                raise InputError(f"levels must be Drafter instances, got {type(level).__name__}")
+            check_vocabulary(level, verifier.text_vocab_size, verifier.vocab_size)
+            if level.device is not None and level.device != verifier.device:
+                raise InputError(f"drafter {level.name!r} is on {level.device} but the verifier is on "
+                                 f"{verifier.device}: move both to one device")
+        self.policy = policy if policy is not None else AdaptivePolicy()
+        self.policy.bind([level.can_review for level in self.levels])
+        self.inner_rule = inner_rule
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    def generate(self, request: VerifyRequest, context: DraftContext, options: GenerationOptions | None = None, *,
+                 on_tokens: Callable[[torch.LongTensor], None] | None = None) -> DecodeResult:
+        """Decode one answer; ``on_tokens(new_ids [1, m])`` is called as tokens are accepted (streaming)."""
+        options = options if options is not None else GenerationOptions()
+        if not isinstance(options, GenerationOptions):
+            raise InputError(f"options must be a GenerationOptions, got {type(options).__name__}")
+        prompt_ids = self._check_request(request, context)
+        params = options.sampling_params()
+        generator = torch.Generator(device=self.verifier.device)
+        if options.seed is not None:
+            generator.manual_seed(options.seed)
+        else:
+            generator.seed()
+        eos = options.eos_token_ids if options.eos_token_ids is not None else self.verifier.eos_token_ids
+        stopper = StopChecker(eos_token_ids=eos, max_new_tokens=options.max_new_tokens,
+                              stop_strings=options.stop_strings, tokenizer=options.tokenizer)
+        step = _Step(params, generator, DecodeStats.for_levels([level.name for level in self.levels]))
+        stats = step.stats
+        start = time.perf_counter()
+
+        for index, level in enumerate(self.levels):
+            self._timed(index, step, level.begin, replace(context), sampling=params, generator=generator)
+        first_logits = self.verifier.prefill(request)  # [B, V]
+        stats.target_forwards = 1
+        generated = choose_token(first_logits, params, generator)[:, None]  # [B, 1], pending: not yet cached
+        stats.time_to_first_token_s = time.perf_counter() - start
+        if on_tokens is not None:
+            on_tokens(generated.clone())
+        stop = stopper.first_stop(prompt_ids, 0, generated)
+
+        while stop is None:
+            room = self._room(options, generated.shape[1])
+            if room < 0:
+                stop = (0, "context_full")
+                break
+            plan = self.policy.plan(room) if options.adaptive else static_plan(
+                [level.can_review for level in self.levels], min(options.draft_k, room))
+            new_ids = self._step(plan, generated, step)  # [B, m]
+            stop = stopper.first_stop(torch.cat([prompt_ids, generated], dim=1), generated.shape[1], new_ids)
+            if stop is not None:
+                new_ids = new_ids[:, : stop[0]]
+            generated = torch.cat([generated, new_ids], dim=1)  # [B, n]
+            if on_tokens is not None:
+                on_tokens(new_ids.clone())
+
+        for level in self.levels:
+            level.end(generated)
+        stats.stop_reason = stop[1]
+        stats.num_tokens = generated.shape[1]
+        stats.total_s = time.perf_counter() - start
+        timings = self.verifier.timings
+        stats.vision_s, stats.prefill_s, stats.verify_s = timings["vision"], timings["prefill"], timings["verify"]
+        text = options.tokenizer.decode(generated[0].tolist(), skip_special_tokens=True) if options.tokenizer else None
+        return DecodeResult(generated, stats, text)
+
+    def _step(self, plan: DraftPlan, generated: torch.LongTensor, step: _Step) -> torch.LongTensor:
+        """Draft, verify once, accept, roll back; the new tokens ``[B, n+1]`` (before any stop cut)."""
+        step.segments = []
+        draft = self._draft_plan(plan, generated, step)
+        k = draft.num_tokens
+        verify_start = time.perf_counter()
+        target_logits = self.verifier.verify(torch.cat([generated[:, -1:], draft.token_ids], dim=1))  # [B, k+1, V]
+        self.policy.observe_verify(k + 1, time.perf_counter() - verify_start)
+        step.stats.target_forwards += 1
+        step.stats.steps += 1
+        result = accept(draft.token_ids, draft.probs, target_logits, step.params, step.generator)
+        num_accepted = int(result.num_accepted[0])
+        self.verifier.rollback(k - num_accepted)
+        new_ids = torch.cat([draft.token_ids[:, :num_accepted], result.next_token[:, None]], dim=1)  # [B, n+1]
+        for segment in step.segments:
+            kept = max(0, min(num_accepted - segment.start, segment.proposed))
+            step.stats.levels[segment.level].record(segment.start, segment.proposed, kept)
+            if num_accepted >= segment.start:  # the target judged this segment
+                trials = kept + (kept < segment.requested)
+                self.policy.observe_target(segment.level, kept, trials)
+            self.levels[segment.level].accepted(kept, new_ids[:, min(segment.start + kept, num_accepted)])
+        return new_ids
+
+    # -- drafting --------------------------------------------------------------------------------------------
+
+    def _draft_plan(self, plan: DraftPlan, generated: torch.LongTensor, step: _Step) -> Draft:
+        """All segments of ``plan``, each continuing the sequence drafted so far; probs over the target's V."""
+        ids, probs = [generated.new_zeros(generated.shape[0], 0)], []
+        for segment in plan.segments:
+            prefix = torch.cat([generated, *ids], dim=1)
+            draft = self._draft_segment(segment, prefix, step)
+            step.segments.append(_Segment(segment.level, sum(t.shape[1] for t in ids), segment.num_tokens,
+                                          draft.num_tokens))
+            ids.append(draft.token_ids)
+            probs.append(draft.probs)
+        token_ids = torch.cat(ids, dim=1)  # [B, k]
+        if not step.params.do_sample or all(p is None for p in probs):
+            return Draft(token_ids, None)
+        # a mix of model and n-gram segments: the n-gram's point masses written out as one-hot rows
+        vocab = self.verifier.vocab_size
+        rows = [p if p is not None else torch.nn.functional.one_hot(t, vocab).float()
+                for p, t in zip(probs, ids[1:])]
+        return Draft(token_ids, torch.cat(rows, dim=1))  # [B, k], [B, k, V]
+
+    def _draft_segment(self, segment: DraftSegment, prefix: torch.LongTensor, step: _Step) -> Draft:
+        """``segment.num_tokens`` (or fewer) drafts of one level after ``prefix``; probs padded to the target's V."""
+        level = self.levels[segment.level]
+        if segment.helper is None or not level.can_review:
+            started = time.perf_counter()
+            draft = self._timed(segment.level, step, level.propose, prefix, segment.num_tokens)
+            self.policy.observe_draft(segment.level, segment.num_tokens, time.perf_counter() - started)
+            return self._checked(draft, segment, level, prefix)
+        return self._draft_vertical(segment, prefix, step)
+
+    def _draft_vertical(self, segment: DraftSegment, prefix: torch.LongTensor, step: _Step) -> Draft:
+        """The level reviews its helper's drafts round by round, keeping what its own check accepts plus its token."""
+        level, helper = self.levels[segment.level], segment.helper
+        rule = self.inner_rule or accept
+        # with a lenient rule the kept tokens no longer follow the level's distribution: hand them on as points
+        keep_probs = step.params.do_sample and self.inner_rule is None
+        ids, probs = [prefix.new_zeros(prefix.shape[0], 0)], []
+        made = 0
+        while made < segment.num_tokens:
+            sequence = torch.cat([prefix, *ids], dim=1)
+            helper_tokens = min(helper.num_tokens, segment.num_tokens - made - 1)
+            candidates = Draft(sequence.new_zeros(sequence.shape[0], 0))
+            if helper_tokens > 0:
+                candidates = self._draft_segment(replace(helper, num_tokens=helper_tokens), sequence, step)
+            started = time.perf_counter()
+            logits = self._timed(segment.level, step, level.review, sequence, candidates.token_ids)  # [B, m+1, V']
+            self.policy.observe_review(segment.level, candidates.num_tokens, time.perf_counter() - started)
+            logits = self._pad_logits(logits)  # [B, m+1, V]
+            result = rule(candidates.token_ids, candidates.probs, logits, step.params, step.generator)
+            kept = int(result.num_accepted[0])
+            if helper_tokens > 0:
+                step.stats.levels[helper.level].record(0, candidates.num_tokens, kept, inner=True)
+                self.policy.observe_inner(helper.level, segment.level, kept, kept + (kept < helper_tokens))
+                self.levels[helper.level].accepted(kept, result.next_token)
+            ids.append(torch.cat([candidates.token_ids[:, :kept], result.next_token[:, None]], dim=1))
+            if keep_probs:
+                probs.append(probabilities(logits[:, : kept + 1], step.params))  # [B, kept+1, V]
+            made += kept + 1
+        token_ids = torch.cat(ids, dim=1)  # [B, num_tokens]
+        return Draft(token_ids, torch.cat(probs, dim=1) if keep_probs else None)
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _timed(self, index: int, step: _Step, call, *args, **kwargs):
+        started = time.perf_counter()
+        out = call(*args, **kwargs)
+        record = step.stats.levels[index]
+        record.draft_s += time.perf_counter() - started
+        record.calls += call.__name__ in ("propose", "review")
+        return out
+
+    def _checked(self, draft: Draft, segment: DraftSegment, level: Drafter, prefix: torch.LongTensor) -> Draft:
+        """A level's draft validated (shape, ids) with its probabilities padded to the target's vocabulary."""
+        ids = draft.token_ids
+        batch = prefix.shape[0]
+        if ids.ndim != 2 or ids.shape[0] != batch or ids.shape[1] > segment.num_tokens:
+            raise ValueError(f"drafter {level.name!r} returned token_ids of shape {tuple(ids.shape)}; expected "
+                             f"[{batch}, <= {segment.num_tokens}]")
+        ids = ids.to(prefix.device, torch.long)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.verifier.vocab_size):
+            raise ValueError(f"drafter {level.name!r} proposed ids outside [0, {self.verifier.vocab_size})")
+        probs = draft.probs
+        if probs is not None:
+            if probs.shape[:2] != ids.shape:
+                raise ValueError(f"drafter {level.name!r} returned probs {tuple(probs.shape)} for ids {tuple(ids.shape)}")
+            probs = self._pad_probs(probs.float())
+        return Draft(ids, probs)
+
+    def _pad_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        missing = self.verifier.vocab_size - probs.shape[-1]
+        return torch.nn.functional.pad(probs, (0, missing)) if missing > 0 else probs  # [B, k, V]
+
+    def _pad_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        missing = self.verifier.vocab_size - logits.shape[-1]
+        return torch.nn.functional.pad(logits.float(), (0, missing), value=float("-inf")) if missing > 0 else logits
+
+    def _room(self, options: GenerationOptions, num_generated: int) -> int:
+        """Most draft tokens this step: within max_new_tokens (the target adds one) and the target's context
+        (the pending token is verified too); -1 when not even the pending token fits."""
+        room = min(options.draft_k, options.max_new_tokens - num_generated - 1)
+        max_positions = getattr(self.verifier, "max_positions", None)
+        if max_positions is not None:
+            room = min(room, max_positions - self.verifier.cache_length - 1)
+        return room
+
+    def _check_request(self, request: VerifyRequest, context: DraftContext) -> torch.LongTensor:
+        if not isinstance(request, VerifyRequest):
+            raise InputError(f"request must be a VerifyRequest, got {type(request).__name__}")
+        if not isinstance(context, DraftContext):
+            raise InputError(f"context must be a DraftContext, got {type(context).__name__}")
+        prompt_ids = request.prompt_ids
+        if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.ndim != 2:
+            raise InputError(f"request.prompt_ids must be a LongTensor [B, L], got {getattr(prompt_ids, 'shape', prompt_ids)!r}")
+        if prompt_ids.shape[0] != 1:
+            raise InputError(f"only batch size 1 is supported, request.prompt_ids has B={prompt_ids.shape[0]}")
+        if prompt_ids.shape[1] == 0:
+            raise InputError("request.prompt_ids is empty: a prompt needs at least one token (e.g. BOS)")
+        if prompt_ids.device != self.verifier.device:
+            raise InputError(f"request.prompt_ids is on {prompt_ids.device} but the verifier is on {self.verifier.device}")
+        draft_prompt = context.prompt_ids
+        if not isinstance(draft_prompt, torch.Tensor) or draft_prompt.ndim != 2 or draft_prompt.shape[0] != 1:
+            raise InputError(f"context.prompt_ids must be a LongTensor [1, L], got {getattr(draft_prompt, 'shape', draft_prompt)!r}")
+        max_positions = getattr(self.verifier, "max_positions", None)
+        if max_positions is not None and prompt_ids.shape[1] >= max_positions:
+            raise InputError(f"the prompt has {prompt_ids.shape[1]} tokens but the target's context holds "
+                             f"{max_positions}: no room for an answer")
+        return prompt_ids

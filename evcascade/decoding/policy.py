@@ -1,0 +1,304 @@
+"""Which levels draft, and how many tokens: static plans and an adaptive policy that maximises tokens per second.
+
+Expected walltime improvement factor (EWIF, Leviathan et al. 2023): one level with per-token acceptance a,
+drafting k tokens at cost c (a target forward = 1) gains, per target forward,
+
+    EWIF(a, k, c) = E[tokens] / time = (1 - a^(k+1)) / ((1 - a)(k c + 1)),
+
+since the step keeps draft j only if drafts 1..j were all kept (prob. a^j) and always adds the target's token.
+
+Multi-level form used here. A plan fills the k block positions with contiguous segments, the best level first
+(horizontal cascade: later positions from cheaper levels); position j drafted by level l_j. Then
+
+    E[tokens] = 1 + sum_{j=1..k} prod_{i=1..j} a_{l_i}
+    time      = T_v(k + 1) + sum_segments C_l(k_s)
+
+with T_v(n) the measured time of a target forward over n tokens (a linear fit: on a CPU a k-token verify is
+not free) and C_l(k) the time level l needs to draft k tokens: measured for autoregressive drafting, and for a
+level L sped up vertically by a lower level H proposing m tokens per review round
+
+    C_L(k) = max(1, k / E_H(m)) * (R_L(m) + C_H(m)),   E_H(m) = (1 - b^(m+1)) / (1 - b),
+
+where b is H's acceptance under L's own check and R_L(m) the time of L's review forward (recursively, H may
+have a helper). With T_v = 1 and one segment at C = k c this is the EWIF above. The policy picks the plan with
+the highest E[tokens] / time; the empty plan (plain decoding, rate 1 / T_v(1)) competes too, so a level that
+does not pay for itself is left out. Acceptances are exponential moving averages of successes / trials; a
+level left out for ``explore_every`` steps is tried once with a short draft so its estimate can recover.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class DraftSegment:
+    """``num_tokens`` block positions drafted by ``levels[level]``; with a ``helper``, the level reviews the
+    helper's drafts (``helper.num_tokens`` per round) instead of drafting token by token (vertical cascade)."""
+
+    level: int
+    num_tokens: int
+    helper: "DraftSegment | None" = None
+
+    def levels(self) -> set[int]:
+        return {self.level} | (self.helper.levels() if self.helper is not None else set())
+
+
+@dataclass(frozen=True)
+class DraftPlan:
+    """The segments of one draft block, in block order (empty: no draft, one plain target step)."""
+
+    segments: tuple[DraftSegment, ...] = ()
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(segment.num_tokens for segment in self.segments)
+
+    def levels(self) -> set[int]:
+        return set().union(*(segment.levels() for segment in self.segments)) if self.segments else set()
+
+
+def ewif(acceptance: float, k: int, cost_ratio: float) -> float:
+    """Expected tokens per unit time (a target forward = 1) of one level drafting ``k`` tokens.
+
+    >>> round(ewif(0.8, 4, 0.05), 3)
+    2.801
+    """
+    return expected_tokens([acceptance] * k) / (k * cost_ratio + 1)
+
+
+def expected_tokens(acceptances: Sequence[float]) -> float:
+    """Expected tokens a step yields when draft j is kept with probability ``acceptances[j]`` given the earlier
+    ones were: ``1 + sum_j prod_{i<=j} a_i`` (the 1 is the target's own token).
+
+    >>> expected_tokens([0.5, 0.5])
+    1.75
+    """
+    total, survive = 1.0, 1.0
+    for acceptance in acceptances:
+        survive *= acceptance
+        total += survive
+    return total
+
+
+def static_plan(can_review: Sequence[bool], num_tokens: int) -> DraftPlan:
+    """The fixed cascade: the last (best) level drafts ``num_tokens``; while a level can review, the level below
+    it drafts for it (``num_tokens`` per round). No levels or no tokens: the empty plan.
+
+    >>> static_plan([False, True], 4)
+    DraftPlan(segments=(DraftSegment(level=1, num_tokens=4, helper=DraftSegment(level=0, num_tokens=4, helper=None)),))
+    """
+    if not can_review or num_tokens <= 0:
+        return DraftPlan()
+    helper = None
+    for level in range(len(can_review) - 1):  # build the chain bottom-up, cut where a level cannot review
+        helper = DraftSegment(level, num_tokens, helper if can_review[level] else None)
+    top = len(can_review) - 1
+    return DraftPlan((DraftSegment(top, num_tokens, helper if can_review[top] else None),))
+
+
+class RunningRate:
+    """Successes / trials as exponential moving averages, starting from a prior worth ``weight`` trials."""
+
+    def __init__(self, prior: float, weight: float, decay: float) -> None:
+        self.successes, self.trials, self.decay = prior * weight, weight, decay
+        self.observed = False
+
+    def update(self, successes: float, trials: float) -> None:
+        if trials <= 0:
+            return
+        self.successes = self.decay * self.successes + successes
+        self.trials = self.decay * self.trials + trials
+        self.observed = True
+
+    @property
+    def value(self) -> float:
+        return self.successes / self.trials
+
+
+class LinearCost:
+    """Seconds of a call as ``intercept + slope * n``, fitted by exponentially weighted least squares."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+
+    def update(self, n: float, seconds: float) -> None:
+        d = self.decay
+        self._w, self._x, self._y = d * self._w + 1, d * self._x + n, d * self._y + seconds
+        self._xx, self._xy = d * self._xx + n * n, d * self._xy + n * seconds
+
+    @property
+    def observed(self) -> bool:
+        return self._w > 0
+
+    def predict(self, n: float) -> float:
+        mean_x, mean_y = self._x / self._w, self._y / self._w
+        var_x = self._xx / self._w - mean_x ** 2
+        if var_x <= 1e-9 * max(1.0, mean_x ** 2):  # one call size seen so far: proportional to n
+            return mean_y * n / mean_x if mean_x > 0 else mean_y
+        slope = max(0.0, (self._xy / self._w - mean_x * mean_y) / var_x)
+        intercept = max(0.0, mean_y - slope * mean_x)
+        return intercept + slope * n
+
+
+class AdaptivePolicy:
+    """Chooses each step's ``DraftPlan`` from online acceptance and cost estimates (see the module docstring).
+
+    Estimates persist across requests of one decoder, which is what lets a cascade settle on its best plan.
+    The search runs every ``replan_every`` steps (per ``max_tokens``); between searches its plan is reused.
+
+    >>> policy = AdaptivePolicy()
+    >>> policy.bind([False, True])
+    >>> for _ in range(20):
+    ...     policy.observe_verify(1, 0.100); policy.observe_verify(5, 0.120)
+    ...     policy.observe_draft(1, 4, 0.008); policy.observe_target(1, 9, 10)
+    ...     policy.observe_draft(0, 4, 0.0001); policy.observe_target(0, 0, 1)
+    >>> policy.plan(4).segments[0].level
+    1
+    """
+
+    def __init__(self, *, decay: float = 0.9, prior_acceptance: float = 0.5, prior_weight: float = 2.0,
+                 prior_cost_ratio: float = 0.1, explore_every: int = 32, replan_every: int = 4,
+                 horizontal: bool = True, vertical: bool = True) -> None:
+        self.decay, self.prior_acceptance, self.prior_weight = decay, prior_acceptance, prior_weight
+        self.prior_cost_ratio, self.explore_every = prior_cost_ratio, explore_every
+        # the search costs ~1 ms in Python: reuse its answer for a few steps (estimates move slowly anyway)
+        self.replan_every, self._plans, self._plan_calls = replan_every, {}, 0
+        self.horizontal, self.vertical = horizontal, vertical
+        self.bind([])
+
+    def bind(self, can_review: Sequence[bool]) -> None:
+        """Attach to a cascade's levels (cheapest first); estimates restart if the number of levels changes."""
+        if getattr(self, "can_review", None) is not None and len(self.can_review) == len(can_review):
+            return
+        self.can_review = list(can_review)
+        count = len(can_review)
+        self._acceptance = [self._rate() for _ in range(count)]
+        self._inner = {(h, r): self._rate() for r in range(count) for h in range(r)}
+        self._draft_cost = [LinearCost(self.decay) for _ in range(count)]
+        self._review_cost = [LinearCost(self.decay) for _ in range(count)]
+        self._verify_cost = LinearCost(self.decay)
+        self._idle_steps = [0] * count
+        self._plans = {}
+
+    def _rate(self) -> RunningRate:
+        return RunningRate(self.prior_acceptance, self.prior_weight, self.decay)
+
+    # -- observations ----------------------------------------------------------------------------------------
+
+    def observe_verify(self, num_tokens: int, seconds: float) -> None:
+        self._verify_cost.update(num_tokens, seconds)
+
+    def observe_draft(self, level: int, num_tokens: int, seconds: float) -> None:
+        """A ``propose`` call asked for ``num_tokens`` took ``seconds``."""
+        self._draft_cost[level].update(num_tokens, seconds)
+
+    def observe_review(self, level: int, num_candidates: int, seconds: float) -> None:
+        self._review_cost[level].update(num_candidates + 1, seconds)
+
+    def observe_target(self, level: int, successes: int, trials: int) -> None:
+        """Of ``trials`` of the level's drafts the target judged, ``successes`` were kept (a shortfall in a
+        proposal counts as a failed trial: it ends the block just as a rejection does)."""
+        self._acceptance[level].update(successes, trials)
+
+    def observe_inner(self, helper: int, reviewer: int, successes: int, trials: int) -> None:
+        self._inner[(helper, reviewer)].update(successes, trials)
+
+    # -- estimates -------------------------------------------------------------------------------------------
+
+    def acceptance(self, level: int) -> float:
+        return self._acceptance[level].value
+
+    def inner_acceptance(self, helper: int, reviewer: int) -> float:
+        """The helper's acceptance by the reviewer; its acceptance by the target until it has been observed."""
+        rate = self._inner[(helper, reviewer)]
+        return rate.value if rate.observed else self.acceptance(helper)
+
+    def verify_seconds(self, num_tokens: int) -> float:
+        return self._verify_cost.predict(num_tokens) if self._verify_cost.observed else 1.0
+
+    def draft_seconds(self, level: int, num_tokens: int) -> float:
+        cost = self._draft_cost[level]
+        if cost.observed:
+            return cost.predict(num_tokens)
+        return self.prior_cost_ratio * self.verify_seconds(1) * num_tokens
+
+    def review_seconds(self, level: int, num_candidates: int) -> float:
+        cost = self._review_cost[level]
+        return cost.predict(num_candidates + 1) if cost.observed else self.draft_seconds(level, 1)
+
+    def cost_ratio(self, level: int) -> float:
+        """Seconds per drafted token of the level over seconds of a one-token target forward."""
+        return self.draft_seconds(level, 1) / self.verify_seconds(1)
+
+    def segment_seconds(self, segment: DraftSegment) -> float:
+        """Expected time to draft ``segment`` (the C_l(k) of the module docstring)."""
+        if segment.helper is None:
+            return self.draft_seconds(segment.level, segment.num_tokens)
+        helper = segment.helper
+        per_round = expected_tokens([self.inner_acceptance(helper.level, segment.level)] * helper.num_tokens)
+        rounds = max(1.0, segment.num_tokens / per_round)
+        return rounds * (self.review_seconds(segment.level, helper.num_tokens) + self.segment_seconds(helper))
+
+    def expected_rate(self, plan: DraftPlan) -> float:
+        """Expected tokens per second of ``plan`` (per unit of ``verify_seconds`` before any measurement)."""
+        acceptances = [self.acceptance(s.level) for s in plan.segments for _ in range(s.num_tokens)]
+        seconds = self.verify_seconds(plan.num_tokens + 1) + sum(self.segment_seconds(s) for s in plan.segments)
+        return expected_tokens(acceptances) / seconds
+
+    # -- the choice ------------------------------------------------------------------------------------------
+
+    def plan(self, max_tokens: int) -> DraftPlan:
+        """The best plan drafting at most ``max_tokens`` tokens (see the module docstring)."""
+        count = len(self.can_review)
+        if max_tokens <= 0 or count == 0:
+            return DraftPlan()
+        self._idle_steps = [idle + 1 for idle in self._idle_steps]
+        stale = max(range(count), key=lambda level: self._idle_steps[level])
+        self._plan_calls += 1
+        if self._plan_calls % max(1, self.replan_every) == 0:
+            self._plans = {}
+        if self._idle_steps[stale] > self.explore_every:
+            chosen = DraftPlan((DraftSegment(stale, min(2, max_tokens)),))
+        else:
+            if max_tokens not in self._plans:
+                self._plans[max_tokens] = self._best_plan(max_tokens)
+            chosen = self._plans[max_tokens]
+        for level in chosen.levels():
+            self._idle_steps[level] = 0
+        return chosen
+
+    def _best_plan(self, max_tokens: int) -> DraftPlan:
+        memo: dict[tuple[int, int], DraftSegment] = {}
+        best, best_rate = DraftPlan(), self.expected_rate(DraftPlan())
+        for level in range(len(self.can_review)):
+            for k in range(1, max_tokens + 1):
+                first = self._best_segment(level, k, memo)
+                candidates = [DraftPlan((first,))]
+                if self.horizontal:
+                    candidates += [DraftPlan((first, self._best_segment(cheaper, k2, memo)))
+                                   for cheaper in range(level) for k2 in range(1, max_tokens - k + 1)]
+                for plan in candidates:
+                    rate = self.expected_rate(plan)
+                    if rate > best_rate:
+                        best, best_rate = plan, rate
+        return best
+
+    def _best_segment(self, level: int, num_tokens: int, memo: dict[tuple[int, int], DraftSegment]) -> DraftSegment:
+        """The cheapest way for ``level`` to draft ``num_tokens``: alone, or reviewing a lower level's drafts."""
+        if (level, num_tokens) in memo:
+            return memo[(level, num_tokens)]
+        best = DraftSegment(level, num_tokens)
+        best_seconds = self.segment_seconds(best)
+        if self.vertical and self.can_review[level]:
+            for helper_level in range(level):
+                for helper_tokens in range(1, num_tokens):
+                    helper = self._best_segment(helper_level, helper_tokens, memo)
+                    candidate = DraftSegment(level, num_tokens, helper)
+                    seconds = self.segment_seconds(candidate)
+                    if seconds < best_seconds:
+                        best, best_seconds = candidate, seconds
+        memo[(level, num_tokens)] = best
+        return best
