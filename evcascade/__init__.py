@@ -27,6 +27,10 @@ _EXPORTS: dict[str, str] = {
     "load_clip": "evcascade.clip",
     "Clip": "evcascade.clip",
     "InputError": "evcascade.errors",
+    "Cascade": "evcascade.cascade",
+    "Answer": "evcascade.cascade",
+    "LiveSession": "evcascade.live",
+    "GenerationOptions": "evcascade.decoding.engine",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -46,6 +50,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from evcascade.cascade import Answer, Cascade
+    from evcascade.decoding.engine import GenerationOptions
+    from evcascade.live import LiveSession
     from evcascade.errors import InputError
     from evcascade.events.container import Events, TorchEvents
     from evcascade.events.io import read_events, write_events

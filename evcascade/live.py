@@ -117,8 +117,6 @@ class LiveSession:
 
     def memory_bytes(self) -> int:
         """Bytes held by the two rings (constant for events; at most max_frames frames)."""
-        ring = self.events
-        event_bytes = ring._x.nbytes + ring._y.nbytes + ring._t_us.nbytes + ring._p.nbytes
         with self._frames_lock:
             frame_bytes = sum(f.nbytes for _, f in self._frames)
-        return event_bytes + frame_bytes
+        return self.events.nbytes + frame_bytes

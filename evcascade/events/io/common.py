@@ -114,20 +114,22 @@ def assemble(
     end_us: int | None = None,
     sort: bool = False,
     row_offset: int = 0,
+    sorted_checked: bool = False,
 ) -> Events:
     """Arrays read from a file -> checked ``Events`` restricted to [start_us, end_us).
 
     ``row_offset`` is the file row of ``x[0]`` so that an unsorted-timestamp error names the row in
     the file, not in the slice that was read. With ``sort=True`` the arrays are sorted by time first.
+    ``sorted_checked=True``: the caller has already checked the order (the check is a pass over all rows).
     """
     t_arr = np.asarray(t_us)
-    if not sort:
+    if not sort and not sorted_checked:
         bad = first_unsorted(t_arr)
         if bad is not None:
             raise_unsorted(source, t_arr, bad, row_offset)
     if sensor_size is None and t_arr.shape[0] == 0:
         raise InputError(f"{source}: the file records no sensor size and holds no events; pass sensor_size=(W, H)")
-    events = Events.from_arrays(x, y, t_arr, p, sensor_size, sort=sort, source=source)
+    events = Events.from_arrays(x, y, t_arr, p, sensor_size, sort=sort, source=source, assume_sorted=not sort)
     if start_us is None and end_us is None:
         return events
     return events.window(start_us, end_us)

@@ -127,7 +127,7 @@ def read_dsec(
         b = t_rel.shape[0] if end_rel is None else int(np.searchsorted(t_rel, end_rel, side="left"))
         rows = slice(lo + a, lo + b)
         return assemble(str(path), columns["x"][rows], columns["y"][rows], t_rel[a:b] + t_offset,
-                        columns["p"][rows], size, row_offset=lo + a)
+                        columns["p"][rows], size, row_offset=lo + a, sorted_checked=True)
 
 
 def dsec_info(path: Path) -> EventFileInfo:
