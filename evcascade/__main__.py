@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: evcascade {infer,bench} [options]
+USAGE = """usage: evcascade {infer,bench,train} [options]
 
   infer   answer a question about an event recording + video (python -m evcascade.infer --help)
-  bench   run a benchmark and write its table/JSON (python -m evcascade.bench --help)"""
+  bench   run a benchmark and write its table/JSON (python -m evcascade.bench --help)
+  train   cache / align / distill / export (python -m evcascade.train --help)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
         from evcascade.bench.__main__ import main as bench_main
 
         return bench_main(rest)
-    print(f"evcascade: unknown command {command!r}; choose infer or bench", file=sys.stderr)
+    if command == "train":
+        from evcascade.train.cli import main as train_main
+
+        return int(train_main(rest) or 0)
+    print(f"evcascade: unknown command {command!r}; choose infer, bench or train", file=sys.stderr)
     return 2
 
 

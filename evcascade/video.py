@@ -323,6 +323,11 @@ def _read_timestamps(path: Path) -> np.ndarray:
     return stamps
 
 
+
+def read_image_timestamps(path) -> np.ndarray:
+    """Timestamps (us, int64) from a DSEC ``images/timestamps.txt``: one integer per line, checked increasing."""
+    return _read_timestamps(path)
+
 def _png_size(path: Path) -> tuple[int, int]:
     """(width, height) from a PNG's IHDR chunk, without decoding the image."""
     with open(path, "rb") as handle:

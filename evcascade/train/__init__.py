@@ -1,0 +1,49 @@
+"""Training the drafters with Lightning: alignment (events -> target video features) and distillation.
+
+::
+
+    train/
+    ├── datasets.py      ClipWindow, DSEC and manifest window indexes, ClipDataset (lazy reads), splits
+    ├── target_cache.py  sharded, resumable cache of target video features, greedy answers, top-k logits
+    ├── datamodules.py   ClipDataModule: windows + cache -> align / distill batches
+    ├── losses.py        pure losses and metrics (MSE + cosine, top-k KL / TV, offline acceptance, top-1)
+    ├── align.py         AlignModule   (stage 1)
+    ├── distill.py       DistillModule (stage 2)
+    ├── export.py        save_pretrained folders the cascade loads
+    └── cli.py           python -m evcascade.train align|distill|cache|export
+
+Names are imported on use, so ``import evcascade.train`` does not import Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "AlignModule": "evcascade.train.align",
+    "DistillModule": "evcascade.train.distill",
+    "ClipDataModule": "evcascade.train.datamodules",
+    "ClipDataset": "evcascade.train.datasets",
+    "ClipWindow": "evcascade.train.datasets",
+    "dsec_windows": "evcascade.train.datasets",
+    "manifest_windows": "evcascade.train.datasets",
+    "split_windows": "evcascade.train.datasets",
+    "TargetCache": "evcascade.train.target_cache",
+    "TargetCacheWriter": "evcascade.train.target_cache",
+    "build_target_cache": "evcascade.train.target_cache",
+    "export_align": "evcascade.train.export",
+    "export_distill": "evcascade.train.export",
+    "export_checkpoint": "evcascade.train.export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'evcascade.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

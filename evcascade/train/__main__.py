@@ -1,0 +1,7 @@
+"""``python -m evcascade.train align|distill|cache|export``."""
+
+import sys
+
+from evcascade.train.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""``python -m evcascade.train align|distill|cache|export ...``: the training entry points.
+
+- ``align`` / ``distill``: a `LightningCLI` over `AlignModule` / `DistillModule` and `ClipDataModule`;
+  everything after the stage name is LightningCLI's (``--config configs/train/align_tiny.yaml``, ``fit`` by
+  default, ``--ckpt_path last`` to resume, ``--trainer.strategy ddp`` ...). ``data.target_cache`` is linked
+  to ``model.target_cache``, and ``data.task`` is the stage.
+- ``cache``: fills a target cache (`build_target_cache`) from a YAML of ``cache_main``'s arguments.
+- ``export``: ``export --stage align --ckpt_path CKPT --out DIR`` writes the Hugging Face folders.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from lightning.pytorch.cli import LightningCLI
+
+from evcascade.errors import InputError
+
+STAGES = ("align", "distill", "cache", "export")
+_LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class StageCLI(LightningCLI):
+    """LightningCLI that feeds the data module's cache folder to the model."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.target_cache", "model.target_cache")
+
+
+def run_stage(stage: str, args: Sequence[str], *, run: bool = True) -> StageCLI:
+    """Run LightningCLI for ``align`` or ``distill`` with ``args`` (``fit`` is implied when no subcommand is given)."""
+    from evcascade.train.datamodules import ClipDataModule
+
+    if stage == "align":
+        from evcascade.train.align import AlignModule as model_class
+    elif stage == "distill":
+        from evcascade.train.distill import DistillModule as model_class
+    else:
+        raise InputError(f"stage must be one of {STAGES}, got {stage!r}")
+    args = list(args)
+    if run and (not args or args[0] not in _LIGHTNING_SUBCOMMANDS):
+        args = ["fit", *args]
+    if run:
+        args = [args[0], f"--data.task={stage}", *args[1:]]
+    else:
+        args = [f"--data.task={stage}", *args]
+    return StageCLI(model_class, ClipDataModule, args=args, run=run, seed_everything_default=0,
+                    save_config_kwargs={"overwrite": True})
+
+
+def cache_main(
+    target: str,
+    out: str,
+    dsec_root: str | None = None,
+    dsec_images_root: str | None = None,
+    sequences: list[str] | None = None,
+    manifest: str | None = None,
+    prompts: list[str] | None = None,
+    features: bool = True,
+    answers: bool = True,
+    event_window_us: int = 50_000,
+    video_window_us: int | None = None,
+    stride_frames: int = 1,
+    max_new_tokens: int = 64,
+    top_k: int = 32,
+    dtype: str = "float16",
+    shard_size: int = 64,
+    device: str = "cpu",
+    target_dtype: str = "float32",
+) -> dict[str, int]:
+    """Compute (or resume computing) the target cache ``out`` over DSEC or a manifest.
+
+    Args:
+        target: a Video-LLaVA folder or hub id (``LanguageBind/Video-LLaVA-7B-hf``) with its tokenizer, or
+            ``tiny:<seed>`` for the random tiny model of `evcascade.testing` (tests, demos).
+        out: the cache folder (created; resumed when it exists).
+        prompts: questions asked about every window, besides each manifest entry's own.
+        dtype: storage dtype of the video features (float16 halves the disk).
+        target_dtype: dtype the target runs in (bfloat16 on GPUs that have it).
+    """
+    import torch
+
+    from evcascade.models.alignment import target_video_layout
+    from evcascade.train.datasets import ClipDataset, dsec_windows, manifest_windows
+    from evcascade.train.target_cache import build_target_cache
+
+    if (dsec_root is None) == (manifest is None):
+        raise InputError("give exactly one data source: --dsec_root or --manifest")
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if target_dtype not in dtypes:
+        raise InputError(f"target_dtype must be one of {sorted(dtypes)}, got {target_dtype!r}")
+    if target.startswith("tiny:"):
+        from evcascade.testing import tiny_tokenizer, tiny_video_llava
+
+        tokenizer = tiny_tokenizer()
+        model = tiny_video_llava(tokenizer, seed=int(target.split(":", 1)[1]), image_size=32, patch_size=16)
+    else:
+        from transformers import AutoTokenizer, VideoLlavaForConditionalGeneration
+
+        tokenizer = AutoTokenizer.from_pretrained(target)
+        model = VideoLlavaForConditionalGeneration.from_pretrained(target, dtype=dtypes[target_dtype])
+    model = model.to(device).eval()
+    num_frames = target_video_layout(model.config)[0]
+    if dsec_root is not None:
+        windows = dsec_windows(dsec_root, images_root=dsec_images_root, sequences=sequences,
+                               event_window_us=event_window_us, video_window_us=video_window_us or 400_000,
+                               stride_frames=stride_frames)
+    else:
+        windows = manifest_windows(manifest, video_window_us=video_window_us)
+    dataset = ClipDataset(windows, num_frames=num_frames, event_window_us=event_window_us, load_events=False)
+    counts = build_target_cache(model, tokenizer, dataset, out, target_name=target, prompts=prompts or (),
+                                features=features, answers=answers, max_new_tokens=max_new_tokens, top_k=top_k,
+                                dtype=dtype, shard_size=shard_size, progress=True)
+    print(f"target cache {out}: {counts}")
+    return counts
+
+
+def export_main(stage: str, ckpt_path: str, out: str) -> str:
+    """Export the trained pieces of a checkpoint of ``stage`` (align | distill) to the folder ``out``."""
+    from evcascade.train.export import export_checkpoint
+
+    path = export_checkpoint(stage, ckpt_path, out)
+    print(f"exported {stage} pieces to {path}")
+    return str(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch on the stage name; user mistakes print their message and exit with code 2."""
+    from jsonargparse import CLI
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in STAGES:
+        print(f"usage: python -m evcascade.train {{{'|'.join(STAGES)}}} --config FILE.yaml [options]", file=sys.stderr)
+        return 2
+    stage, rest = argv[0], argv[1:]
+    try:
+        if stage == "cache":
+            CLI(cache_main, args=rest)
+        elif stage == "export":
+            CLI(export_main, args=rest)
+        else:
+            run_stage(stage, rest)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
