@@ -10,8 +10,9 @@ Events(n=0, sensor_size=(640, 480), empty)
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from evcascade._lazy import lazy_getattr
+
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -36,13 +37,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'evcascade' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _EXPORTS)
 
 
 def __dir__() -> list[str]:

@@ -47,11 +47,11 @@ def test_concurrent_producers_bounded_memory_and_exact_answers(cascade):
             time.sleep(0.0005)
 
     def frame_producer():
-        i = 0
+        i, last = 0, -1
         while not stop.is_set():
             with lock:
                 t = clock["t_us"]
-            if i == 0 or t > last:
+            if t > last:
                 session.push_frame(np.full((SENSOR[1], SENSOR[0], 3), (7 * i) % 256, np.uint8), t)
                 pushed["frames"] += 1
                 last, i = t, i + 1

@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from evcascade._lazy import lazy_getattr
+
 
 # public name -> module that defines it (imported on first use: rendering pulls in the simulator)
 _EXPORTS: dict[str, str] = {
@@ -34,13 +34,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'evcascade.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _EXPORTS)
 
 
 def __dir__() -> list[str]:

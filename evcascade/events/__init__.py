@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from evcascade._lazy import lazy_getattr
+
 
 from evcascade.events.container import Events, TorchEvents
 
@@ -21,10 +21,4 @@ _LAZY: dict[str, str] = {
 __all__ = ["Events", "TorchEvents", *sorted(_LAZY)]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'evcascade.events' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)

@@ -10,8 +10,8 @@ Importing this package registers every model with transformers' Auto classes (se
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from evcascade._lazy import lazy_getattr
+
 
 from evcascade.models.alignment import AlignmentMLP
 from evcascade.models.auto import register_auto_classes
@@ -38,10 +38,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'evcascade.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)

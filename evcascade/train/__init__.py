@@ -17,8 +17,8 @@ Names are imported on use, so ``import evcascade.train`` does not import Lightni
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from evcascade._lazy import lazy_getattr
+
 
 _EXPORTS: dict[str, str] = {
     "AlignModule": "evcascade.train.align",
@@ -40,10 +40,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'evcascade.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _EXPORTS)
