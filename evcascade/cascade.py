@@ -117,6 +117,7 @@ class Cascade:
     def __init__(self, verifier, tokenizer, levels: Sequence[Any] = (), *, name: str = "custom",
                  generation: dict[str, Any] | None = None, source: str | None = None) -> None:
         from evcascade.decoding.engine import CascadeDecoder
+        from evcascade.decoding.feature_cache import LRUCache
         from evcascade.decoding.prompting import VideoLlavaPrompter
 
         self.verifier, self.tokenizer, self.levels = verifier, tokenizer, list(levels)
@@ -124,6 +125,7 @@ class Cascade:
         self.generation_defaults = dict(generation or {})
         self.prompter = VideoLlavaPrompter(tokenizer, verifier.model.config)
         self.decoder = CascadeDecoder(verifier, self.levels)
+        self._agreements = LRUCache(4)  # per-clip event/video agreement maps for acceptance="modality"
         self.target_decoder = CascadeDecoder(verifier, [])
         vision = verifier.model.config.vision_config
         tokens_per_frame = (vision.image_size // vision.patch_size) ** 2 + 1
@@ -202,7 +204,8 @@ class Cascade:
         ``events``: a path, an `Events`, or a structured array (x, y, t, p); ``video``: a path, a `Video`, or
         uint8 frames ``[T, H, W, 3]``; or ``clip``: an `evcascade.clip.Clip` already on one clock (then events,
         video and the window arguments are not used). ``options`` are `GenerationOptions` fields
-        (max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_strings, draft_k, adaptive).
+        (max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_strings, draft_k, adaptive, and the
+        opt-in lossy ``acceptance`` / ``lenience``: lossless unless asked).
         ``on_text(piece)`` is called with each new piece of the answer's text.
         """
         from evcascade.clip import load_clip
@@ -234,6 +237,8 @@ class Cascade:
         pixels = self.verifier.pixel_values(clip.video.frames)  # [1, T, 3, S, S]
         request = VerifyRequest(built.target_ids, pixels)
         context = DraftContext(built.text_ids, events=clip.events, video=clip.video)
+        if gen.acceptance == "modality":
+            self._add_agreement(context, pixels)
         decoder = self.decoder if mode == "cascade" else self.target_decoder
         on_tokens = _TextStreamer(self.tokenizer, on_text) if on_text is not None else None
         with self._lock:  # one request at a time per verifier (its KV cache is the request's state)
@@ -242,6 +247,23 @@ class Cascade:
                   "num_frames": len(clip.video), "events": clip.events_path, "video": clip.video_path,
                   "prompt": prompt}
         return Answer(result.text or "", result.token_ids[0].tolist(), result.stats, mode, inputs)
+
+    def _add_agreement(self, context, pixels: torch.Tensor) -> None:
+        """Put the clip's event/video agreement map (computed once per clip) where the modality rule reads it."""
+        from evcascade.decoding.feature_cache import content_key
+        from evcascade.decoding.modality import AGREEMENT_KEY, agreement_for_request
+
+        prefix = next((level.prefix_fn for level in self.levels
+                       if getattr(getattr(level, "prefix_fn", None), "alignment", None) is not None), None)
+        if prefix is None:
+            raise InputError("acceptance='modality' needs an event drafter level with an alignment MLP; "
+                             f"this cascade has levels {[level.name for level in self.levels]}")
+        key = content_key(pixels)
+        agreement = self._agreements.get(key)
+        if agreement is None:
+            agreement = agreement_for_request(self.verifier, prefix, context, pixels, key)
+            self._agreements.put(key, agreement)
+        context.extras[AGREEMENT_KEY] = agreement
 
     def stream(self, events: Any = None, video: Any = None, prompt: str = DEFAULT_PROMPT, **kwargs: Any) -> Iterator[str]:
         """Yield pieces of the answer's text as tokens are accepted; the last item is the `Answer` itself."""

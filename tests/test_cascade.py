@@ -144,3 +144,17 @@ def test_events_alone_are_not_enough():
     frames = np.zeros((8, 16, 16), np.uint8)
     with pytest.raises(InputError, match="uint8 \\[T, H, W, 3\\]"):
         cascade.generate(EVENTS, frames, "what is moving ?")
+
+
+def test_modality_acceptance_is_opt_in_and_lossless_at_zero_lenience():
+    cascade = build_tiny_cascade()
+    reference = cascade.generate(EVENTS, VIDEO, "what is moving ?", max_new_tokens=8, mode="target")
+    strict = cascade.generate(EVENTS, VIDEO, "what is moving ?", max_new_tokens=8, acceptance="modality",
+                              lenience=0.0)
+    assert strict.token_ids == reference.token_ids and strict.stats.acceptance.startswith("modality")
+    assert cascade.generate(EVENTS, VIDEO, "what is moving ?", max_new_tokens=8).stats.acceptance == "lossless"
+    text_only = Cascade.from_models(cascade.verifier.model, cascade.tokenizer)
+    with pytest.raises(InputError, match="needs an event drafter level"):
+        text_only.generate(EVENTS, VIDEO, "what is moving ?", acceptance="modality", lenience=0.2)
+    with pytest.raises(InputError, match="lenience"):
+        cascade.generate(EVENTS, VIDEO, "what is moving ?", acceptance="token_v3", lenience=1.5)

@@ -12,6 +12,7 @@ import sys
 BENCHMARKS: dict[str, str] = {
     "events": "evcascade.bench.events",
     "engine": "evcascade.bench.engine",
+    "lossy": "evcascade.bench.lossy",
 }
 
 

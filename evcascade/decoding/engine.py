@@ -10,8 +10,10 @@ One step, after the prefill has chosen the first token (the "pending" token, not
     verifier.rollback(k - n); drafters.accepted(..)   caches back to the accepted length
     new = draft[:n] + [next], cut at the first stop   EOS / max_new_tokens / stop strings, as generate does
 
-The target's verification is always the lossless rule, so the answer equals the target's own ``generate``
-(greedy: token for token; sampling: in distribution), whatever the drafters do. Only B == 1 is supported;
+The target's verification is the lossless rule by default, so the answer equals the target's own ``generate``
+(greedy: token for token; sampling: in distribution), whatever the drafters do. ``GenerationOptions.acceptance``
+opts into a lossy rule (``decoding/lossy.py``, ``decoding/modality.py``) for this final verification only;
+``stats.acceptance`` records which rule ran. Only B == 1 is supported;
 every tensor keeps its batch dimension so B > 1 can come later.
 """
 
@@ -25,6 +27,7 @@ import torch
 
 from evcascade.decoding.acceptance import AcceptanceRule, accept
 from evcascade.decoding.drafters import Draft, DraftContext, Drafter, check_vocabulary
+from evcascade.decoding.lossy import NEEDS_DRAFT_PROBS, check_rule, make_rule
 from evcascade.decoding.policy import AdaptivePolicy, DraftPlan, DraftSegment, static_plan
 from evcascade.decoding.sampling import SamplingParams, choose_token, probabilities
 from evcascade.decoding.stats import DecodeStats
@@ -59,6 +62,11 @@ class GenerationOptions:
     """True: the policy picks levels and draft length each step; False: the static cascade with ``draft_k``."""
     tokenizer: object | None = None
     """Tokenizer for stop strings and for ``DecodeResult.text``."""
+    acceptance: str = "lossless"
+    """The target's rule: "lossless" (default, exact), or an opt-in lossy one from ``lossy.RULES`` ("lossy_sps",
+    "token_v1/v2/v3", "typical", "fuzzy", "modality": needs ``DraftContext.extras[modality.AGREEMENT_KEY]``)."""
+    lenience: float = 0.0
+    """The lossy rule's lenience in [0, 1]; 0 is the lossless rule for every rule."""
 
     def __post_init__(self) -> None:
         def is_int(value) -> bool:
@@ -82,6 +90,7 @@ class GenerationOptions:
                 raise InputError(f"eos_token_ids must be ints >= 0, got {self.eos_token_ids!r}")
             object.__setattr__(self, "eos_token_ids", eos)
         self.sampling_params()  # temperature / top_k / top_p checks
+        check_rule(self.acceptance, self.lenience)
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(do_sample=bool(self.do_sample), temperature=self.temperature, top_k=self.top_k,
@@ -115,6 +124,10 @@ class _Step:
     generator: torch.Generator
     stats: DecodeStats
     segments: list[_Segment] = field(default_factory=list)
+    rule: AcceptanceRule = accept
+    """The final verification's rule (``accept`` unless the options opt into a lossy one)."""
+    keep_draft_probs: bool = False
+    """Hand the drafters' distributions to ``rule`` even when greedy (rules in ``lossy.NEEDS_DRAFT_PROBS``)."""
 
 
 class CascadeDecoder:
@@ -172,8 +185,11 @@ class CascadeDecoder:
         eos = options.eos_token_ids if options.eos_token_ids is not None else self.verifier.eos_token_ids
         stopper = StopChecker(eos_token_ids=eos, max_new_tokens=options.max_new_tokens,
                               stop_strings=options.stop_strings, tokenizer=options.tokenizer)
-        step = _Step(params, generator, DecodeStats.for_levels([level.name for level in self.levels]))
+        step = _Step(params, generator, DecodeStats.for_levels([level.name for level in self.levels]),
+                     rule=make_rule(options.acceptance, options.lenience, context.extras),
+                     keep_draft_probs=options.acceptance in NEEDS_DRAFT_PROBS)
         stats = step.stats
+        stats.acceptance = "lossless" if step.rule is accept else getattr(step.rule, "__name__", options.acceptance)
         start = time.perf_counter()
 
         for index, level in enumerate(self.levels):
@@ -221,7 +237,7 @@ class CascadeDecoder:
         self.policy.observe_verify(k + 1, time.perf_counter() - verify_start)
         step.stats.target_forwards += 1
         step.stats.steps += 1
-        result = accept(draft.token_ids, draft.probs, target_logits, step.params, step.generator)
+        result = step.rule(draft.token_ids, draft.probs, target_logits, step.params, step.generator)
         num_accepted = int(result.num_accepted[0])
         self.verifier.rollback(k - num_accepted)
         new_ids = torch.cat([draft.token_ids[:, :num_accepted], result.next_token[:, None]], dim=1)  # [B, n+1]
@@ -247,7 +263,7 @@ class CascadeDecoder:
             ids.append(draft.token_ids)
             probs.append(draft.probs)
         token_ids = torch.cat(ids, dim=1)  # [B, k]
-        if not step.params.do_sample or all(p is None for p in probs):
+        if not (step.params.do_sample or step.keep_draft_probs) or all(p is None for p in probs):
             return Draft(token_ids, None)
         # a mix of model and n-gram segments: the n-gram's point masses written out as one-hot rows
         vocab = self.verifier.vocab_size

@@ -70,6 +70,8 @@ class DecodeStats:
     time_to_first_token_s: float = 0.0
     stop_reason: str = ""
     """"eos", "stop_string", "max_new_tokens" or "context_full"."""
+    acceptance: str = "lossless"
+    """The final verification's rule, e.g. "lossless" or "token_v3(0.3)"."""
 
     @classmethod
     def for_levels(cls, names: list[str]) -> "DecodeStats":

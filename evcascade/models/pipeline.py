@@ -150,7 +150,8 @@ class EventDrafterPrefix:
             features = self.refiner(features, key_frame_features.to(features.device))
         return features
 
-    def _key_frame_features(self, context: "DraftContext") -> torch.Tensor | None:
+    def key_frame_features(self, context: "DraftContext") -> torch.Tensor | None:
+        """The request's key-frame features ``[B, 1 + P, D_t]`` (precomputed in extras, else encoded), None for L1."""
         if not self.uses_key_frame:
             return None
         precomputed = context.extras.get(KEY_FRAME_FEATURES)
@@ -168,7 +169,7 @@ class EventDrafterPrefix:
         """The prefix embeddings ``[1, Nv, D_lm]`` for a request, or None when it carries no events."""
         if context.events is None:
             return None
-        features = self.visual_features(context.events, self._key_frame_features(context))
+        features = self.visual_features(context.events, self.key_frame_features(context))
         return self.draft_lm.embed_visual(features)  # [1, Nv, D_lm]
 
 
