@@ -83,10 +83,12 @@ class Answer:
     """`evcascade.decoding.stats.DecodeStats`: tau, per-level acceptance by position, timings, tokens/s."""
     mode: str = "cascade"
     inputs: dict[str, Any] = field(default_factory=dict)
+    token_sources: list[str] = field(default_factory=list)
+    """Per token: the level whose draft the target accepted, or "target"."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "token_ids": list(self.token_ids), "mode": self.mode,
-                "stats": self.stats.to_dict(), "inputs": self.inputs}
+        return {"text": self.text, "token_ids": list(self.token_ids), "token_sources": list(self.token_sources),
+                "mode": self.mode, "stats": self.stats.to_dict(), "inputs": self.inputs}
 
 
 def _dtype_of(dtype: str | torch.dtype | None) -> torch.dtype | str:
@@ -246,7 +248,8 @@ class Cascade:
         inputs = {"window_us": [clip.start_us, clip.end_us], "num_events": len(clip.events),
                   "num_frames": len(clip.video), "events": clip.events_path, "video": clip.video_path,
                   "prompt": prompt}
-        return Answer(result.text or "", result.token_ids[0].tolist(), result.stats, mode, inputs)
+        return Answer(result.text or "", result.token_ids[0].tolist(), result.stats, mode, inputs,
+                      result.token_sources)
 
     def _add_agreement(self, context, pixels: torch.Tensor) -> None:
         """Put the clip's event/video agreement map (computed once per clip) where the modality rule reads it."""

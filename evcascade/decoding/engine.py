@@ -104,6 +104,9 @@ class DecodeResult:
     token_ids: torch.LongTensor
     stats: DecodeStats
     text: str | None = None
+    token_sources: list[str] = field(default_factory=list)
+    """Per answer token, who proposed it: a level's name (a draft the target accepted) or "target" (the
+    target's own choice: the first token, each correction and each bonus token)."""
 
 
 @dataclass
@@ -197,6 +200,7 @@ class CascadeDecoder:
         first_logits = self.verifier.prefill(request)  # [B, V]
         stats.target_forwards = 1
         generated = choose_token(first_logits, params, generator)[:, None]  # [B, 1], pending: not yet cached
+        sources = ["target"]
         stats.time_to_first_token_s = time.perf_counter() - start
         if on_tokens is not None:
             on_tokens(generated.clone())
@@ -210,10 +214,12 @@ class CascadeDecoder:
             plan = self.policy.plan(room) if options.adaptive else static_plan(
                 [level.can_review for level in self.levels], min(options.draft_k, room))
             new_ids = self._step(plan, generated, step)  # [B, m]
+            new_sources = self._sources(step, new_ids.shape[1])
             stop = stopper.first_stop(torch.cat([prompt_ids, generated], dim=1), generated.shape[1], new_ids)
             if stop is not None:
                 new_ids = new_ids[:, : stop[0]]
             generated = torch.cat([generated, new_ids], dim=1)  # [B, n]
+            sources += new_sources[: new_ids.shape[1]]
             if on_tokens is not None:
                 on_tokens(new_ids.clone())
 
@@ -225,7 +231,15 @@ class CascadeDecoder:
         timings = self.verifier.timings
         stats.vision_s, stats.prefill_s, stats.verify_s = timings["vision"], timings["prefill"], timings["verify"]
         text = options.tokenizer.decode(generated[0].tolist(), skip_special_tokens=True) if options.tokenizer else None
-        return DecodeResult(generated, stats, text)
+        return DecodeResult(generated, stats, text, sources)
+
+    def _sources(self, step: _Step, num_new: int) -> list[str]:
+        """Who proposed each of a step's ``num_new`` tokens: the segments' levels for accepted drafts, then the target."""
+        names = ["target"] * num_new
+        for segment in step.segments:
+            for position in range(segment.start, min(segment.start + segment.proposed, num_new - 1)):
+                names[position] = self.levels[segment.level].name
+        return names
 
     def _step(self, plan: DraftPlan, generated: torch.LongTensor, step: _Step) -> torch.LongTensor:
         """Draft, verify once, accept, roll back; the new tokens ``[B, n+1]`` (before any stop cut)."""

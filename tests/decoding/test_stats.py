@@ -68,3 +68,19 @@ def test_stats_of_a_real_run_add_up():
     parts = stats.vision_s + stats.prefill_s + stats.verify_s + stats.draft_s + stats.overhead_s
     assert parts == pytest.approx(stats.total_s, rel=1e-6)
     assert 1.0 <= stats.tau <= 4.0
+
+
+def test_token_sources_name_the_level_of_each_accepted_draft_and_the_target_otherwise():
+    target = tiny_llama(vocab_size=30, seed=1)
+    prompt = torch.tensor([[1, 5, 7, 9, 5, 7, 9, 5, 7]])
+    reference = target.generate(prompt, do_sample=False, max_new_tokens=12, min_new_tokens=12)[:, prompt.shape[1]:]
+    decoder = CascadeDecoder(CausalLMVerifier(target), [NGramDrafter(memory_size=0)])
+    options = GenerationOptions(max_new_tokens=12, adaptive=False, draft_k=3, eos_token_ids=())
+    result = decoder.generate(VerifyRequest(prompt), DraftContext(prompt), options)
+    assert torch.equal(result.token_ids, reference)
+    sources = result.token_sources
+    assert len(sources) == result.token_ids.shape[1] and sources[0] == "target"
+    assert set(sources) <= {"target", "ngram"}
+    # each target forward contributes exactly one target token, the rest were accepted n-gram drafts
+    assert sources.count("target") == result.stats.target_forwards
+    assert sources.count("ngram") == result.stats.levels[0].accepted
