@@ -147,7 +147,8 @@ def print_human(result: dict[str, Any], show_stats: bool) -> None:
     inputs = result["inputs"]
     if result.get("text") is not None and not result.get("streamed"):
         print(f"answer: {result['text']}")
-    print(f"clip: {inputs['num_events']} events, {inputs['num_frames']} frames, window {inputs['window_us']} us")
+    start_us, end_us = inputs["window_us"]
+    print(f"clip: {inputs['num_events']} events, {inputs['num_frames']} frames, window [{start_us}, {end_us}) us")
     if result.get("note"):
         print(f"note: {result['note']}")
         dl = result["data_layer"]
