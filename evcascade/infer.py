@@ -8,9 +8,11 @@ Exit codes: 0 ok, 2 bad arguments or input (one line on stderr naming the bad va
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -80,9 +82,33 @@ def validate(args: argparse.Namespace) -> None:
             raise InputError(f"{flag}: no such file or folder: {path!r}")
 
 
-def _status(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
+class _Spinner:
+    """``with _Spinner("loading model", quiet):`` a spinner on a terminal's stderr (one line elsewhere)."""
+
+    def __init__(self, message: str, quiet: bool) -> None:
+        self.message, self.quiet = message, quiet
+        self.live = not quiet and sys.stderr.isatty()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+
+    def _spin(self) -> None:
+        for frame in itertools.cycle("|/-\\"):
+            if self._stop.wait(0.1):
+                break
+            print(f"\r{self.message} {frame}", end="", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "_Spinner":
+        if self.live:
+            self._thread.start()
+        elif not self.quiet:
+            print(f"{self.message} ...", file=sys.stderr, flush=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self._stop.set()
+            self._thread.join()
+            print(f"\r{self.message} done", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -94,11 +120,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     source = resolve_model(args.model)  # a bad --model fails before any slow loading
-    _status("loading events and video ...", quiet)
-    clip = load_clip(
-        args.events, args.video, start_us=args.start_us, end_us=args.end_us,
-        video_offset_us=args.video_offset_us, num_frames=args.num_frames, allow_pickle=args.allow_pickle,
-    )
+    with _Spinner("loading events and video", quiet):
+        clip = load_clip(
+            args.events, args.video, start_us=args.start_us, end_us=args.end_us,
+            video_offset_us=args.video_offset_us, num_frames=args.num_frames, allow_pickle=args.allow_pickle,
+        )
     timings["load_clip"] = time.perf_counter() - t0
     inputs = {
         "events": str(args.events), "video": str(args.video), "prompt": args.prompt,
@@ -118,9 +144,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "(it is trained and shipped by the synthetic-world issue); pass --model PRESET_OR_FOLDER for a real one"),
             data_layer={"event_images_shape": list(images.shape), "key_frame_shape": list(clip.video.key_frame.shape)})
         return result
-    _status(f"loading model {args.model} ...", quiet)
     t1 = time.perf_counter()
-    cascade = Cascade.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    with _Spinner(f"loading model {args.model}", quiet):
+        cascade = Cascade.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     timings["load_model"] = time.perf_counter() - t1
     if cascade.num_frames != args.num_frames:
         clip = load_clip(args.events, args.video, start_us=args.start_us, end_us=args.end_us,
@@ -132,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if streaming:
         print("answer: ", end="", flush=True)
     answer = cascade.generate(
-        clip.events, clip.video, args.prompt, mode=args.mode,
+        prompt=args.prompt, clip=clip, mode=args.mode,
         on_text=(lambda piece: print(piece, end="", flush=True)) if streaming else None, **options,
     )
     if streaming:
