@@ -26,15 +26,6 @@ V = len(TOK)
 NO_EOS = V - 1  # <video>: a text-only target never emits it... and if it did, both sides would stop alike
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: two intra-op threads on two shared, busy cores turn a 2 us softmax into 20 ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ReplayDrafter(Drafter):
     """Proposes the target's own greedy answer (``wrong``: always a different token); past its end, junk."""
 

@@ -32,15 +32,6 @@ def bigram_table(seed: int, scale: float) -> torch.Tensor:
     return torch.randn(V, V, generator=torch.Generator().manual_seed(seed)) * scale  # [V, V] logits by last token
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: two intra-op threads on two shared, busy cores turn a 2 us softmax into 20 ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class BigramVerifier(Verifier):
     """A target whose next-token logits depend on the last token only (same interface as the real verifiers)."""
 
