@@ -75,7 +75,12 @@ def resolve_model(name: str) -> Path | None:
 
 @dataclass
 class Answer:
-    """One answer: its text, its token ids (answer only) and how it was made."""
+    """One answer: its text, its token ids (answer only) and how it was made.
+
+    >>> from evcascade.decoding.stats import DecodeStats
+    >>> Answer("the circle moves .", [7, 8, 9, 10], DecodeStats.for_levels(["ngram"])).to_dict()["token_ids"]
+    [7, 8, 9, 10]
+    """
 
     text: str
     token_ids: list[int]
@@ -114,6 +119,16 @@ class Cascade:
 
     ``generate(..., mode="cascade")`` is lossless in greedy mode: its tokens equal ``mode="target"`` (the target
     decoding alone), always.
+
+    >>> from evcascade.testing import tiny_tokenizer, tiny_video_llava
+    >>> tok = tiny_tokenizer()
+    >>> cascade = Cascade.from_models(tiny_video_llava(tok, seed=1), tok)
+    >>> sample = ASSETS / "sample"
+    >>> fast = cascade.generate(sample / "events.h5", sample / "video.mp4", "what is moving ?", max_new_tokens=6)
+    >>> slow = cascade.generate(sample / "events.h5", sample / "video.mp4", "what is moving ?", max_new_tokens=6,
+    ...                         mode="target")
+    >>> fast.token_ids == slow.token_ids, len(fast.token_ids)
+    (True, 6)
     """
 
     def __init__(self, verifier, tokenizer, levels: Sequence[Any] = (), *, name: str = "custom",

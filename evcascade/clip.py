@@ -38,7 +38,14 @@ Range = tuple[int, int] | None  # [start_us, end_us) of a recording; None when i
 
 @dataclass(frozen=True, eq=False)
 class Clip:
-    """Events in ``[events_start_us, end_us)`` and frames sampled over ``[start_us, end_us)``, one clock."""
+    """Events in ``[events_start_us, end_us)`` and frames sampled over ``[start_us, end_us)``, one clock.
+
+    >>> import numpy as np
+    >>> from evcascade import Events, Video
+    >>> clip = Clip(Events.empty((4, 4)), Video(np.zeros((1, 4, 4, 3), np.uint8), np.array([0])), 0, 1, 0)
+    >>> clip.duration_us
+    1
+    """
 
     events: Events
     video: Video
@@ -141,6 +148,11 @@ def load_clip(
     ``events`` is a path (any format ``read_events`` knows) or an ``Events``; ``video`` a path (video file
     or DSEC image folder) or a ``Video``. ``allow_pickle`` is passed to the event reader (EventGPT's
     pickled files execute code when loaded, so they need the opt-in).
+
+    >>> from evcascade.cascade import ASSETS
+    >>> clip = load_clip(ASSETS / "sample" / "events.h5", ASSETS / "sample" / "video.mp4", num_frames=8)
+    >>> (clip.start_us, clip.end_us), len(clip.events), len(clip.video)
+    ((2488, 1450001), 6683, 8)
     """
     if event_window_us is not None and (isinstance(event_window_us, bool) or int(event_window_us) <= 0):
         raise InputError(f"event_window_us must be a positive number of microseconds or None, got {event_window_us!r}")

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 
 class InputError(ValueError):
-    """A user-supplied value, option or file is wrong; the message names it and what was expected."""
+    """A user-supplied value, option or file is wrong; the message names it and what was expected.
+
+    >>> from evcascade import Events
+    >>> Events.empty((0, 480))
+    Traceback (most recent call last):
+    ...
+    evcascade.errors.InputError: sensor_size must be positive (W, H), got (0, 480)
+    """
 
 
 class InputFileNotFoundError(InputError, FileNotFoundError):

@@ -44,6 +44,10 @@ VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4
 class Video:
     """Frames ``uint8 [T, H, W, 3]`` (RGB) with ``timestamps_us`` ``int64 [T]`` ascending.
 
+    >>> video = Video(np.zeros((2, 4, 6, 3), np.uint8), np.array([0, 50_000]))
+    >>> len(video), video.key_frame.shape
+    (2, (4, 6, 3))
+
     Timestamps may repeat (a short window is padded by repeating frames) but never go back.
     """
 
@@ -371,7 +375,13 @@ def _open_image_folder(folder: Path, offset_us: int) -> _Source:
 
 # ---------------------------------------------------------------------------------------------- public
 def video_info(path, *, video_offset_us: int = 0) -> VideoInfo:
-    """Frame count, rate, time range and size of a video file or DSEC image folder, decoding at most one frame."""
+    """Frame count, rate, time range and size of a video file or DSEC image folder, decoding at most one frame.
+
+    >>> from evcascade.cascade import ASSETS
+    >>> info = video_info(ASSETS / "sample" / "video.mp4")
+    >>> info.num_frames, info.fps, (info.start_us, info.end_us), (info.width, info.height)
+    (30, 20.0, (0, 1450001), (64, 64))
+    """
     source = _open(path, video_offset_us, need_size=True)
     return VideoInfo(
         path=source.path, num_frames=int(source.timestamps_us.shape[0]), fps=source.fps,
@@ -388,6 +398,11 @@ def read_video(
     Times are on the caller's clock: frame times plus ``video_offset_us``. Only the sampled frames are
     decoded. Fewer frames than ``num_frames`` in the window are repeated (with a warning); none is an
     ``InputError``, as are missing, corrupt and unknown files.
+
+    >>> from evcascade.cascade import ASSETS
+    >>> video = read_video(ASSETS / "sample" / "video.mp4", num_frames=8)
+    >>> video.frames.shape, video.timestamps_us[:3].tolist(), video.key_frame.shape
+    ((8, 64, 64, 3), [0, 200000, 400000], (64, 64, 3))
     """
     source = _open(path, video_offset_us, need_size=False)
     indices = _sample_window(source.timestamps_us, num_frames, start_us, end_us, repr(source.path))  # [num_frames]

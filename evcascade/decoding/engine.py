@@ -38,7 +38,15 @@ from evcascade.errors import InputError
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """How to decode one answer."""
+    """How to decode one answer.
+
+    >>> GenerationOptions(max_new_tokens=16, draft_k=4).sampling_params().do_sample
+    False
+    >>> GenerationOptions(max_new_tokens=0)
+    Traceback (most recent call last):
+    ...
+    evcascade.errors.InputError: max_new_tokens must be an int >= 1, got 0
+    """
 
     max_new_tokens: int = 64
     """Most answer tokens (EOS and the stop-string token included); >= 1."""

@@ -27,7 +27,11 @@ TONIC_DTYPE = np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p",
 
 
 class TorchEvents(NamedTuple):
-    """Events as int64 torch tensors on one device (what the representations consume)."""
+    """Events as int64 torch tensors on one device (what the representations consume).
+
+    >>> Events.from_arrays([1], [2], [3], [1], (4, 4)).to_torch().y.tolist()
+    [2]
+    """
 
     x: "torch.Tensor"  # noqa: F821  [N] int64
     y: "torch.Tensor"  # noqa: F821  [N] int64
@@ -56,6 +60,10 @@ class Events:
 
     Construct with ``Events.from_arrays`` to convert and check user data; the plain constructor
     checks dtypes and shapes only (cheap) and is what readers use after they have validated.
+
+    >>> ev = Events.from_arrays(x=[3, 1], y=[0, 2], t_us=[5, 9], p=[-1, 1], sensor_size=(4, 3))
+    >>> ev.p.tolist(), ev.window(0, 6).x.tolist(), ev.end_us
+    ([0, 1], [3], 10)
     """
 
     x: np.ndarray
