@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--video", required=True)
     parser.add_argument("--model", default="bundled")
-    parser.add_argument("--prompt", default="what is moving in the scene ?")
+    parser.add_argument("--prompt", default="what is moving ?")
     parser.add_argument("--every-ms", type=float, default=250.0, help="ask every N ms of stream time")
     parser.add_argument("--speed", type=float, default=1.0, help="replay speed (1.0 = real time)")
     parser.add_argument("--max-new-tokens", type=int, default=16)

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", required=True)
     parser.add_argument("--video", required=True)
     parser.add_argument("--model", default="bundled")
-    parser.add_argument("--prompt", default="what is moving in the scene ?")
+    parser.add_argument("--prompt", default="what is moving ?")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--out", default="panel.png")
     args = parser.parse_args(argv)

@@ -43,7 +43,7 @@ BUNDLED_DIR = ASSETS / "demo_cascade"
 CASCADE_PRESET_DIR = ASSETS / "presets" / "cascades"
 CONFIG_NAME = "cascade.json"
 FORMAT = "evcascade.cascade"
-DEFAULT_PROMPT = "what is moving in the scene ?"
+DEFAULT_PROMPT = "what is moving ?"
 
 
 def list_cascade_presets() -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from evcascade.errors import InputError
 
-DEFAULT_PROMPT = "what is moving in the scene ?"
+DEFAULT_PROMPT = "what is moving ?"
 BUNDLED_MODEL = "bundled"
 
 
@@ -40,11 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-us", type=int, default=None, help="window start on the events clock (us)")
     p.add_argument("--end-us", type=int, default=None, help="window end on the events clock (us, exclusive)")
     p.add_argument("--video-offset-us", type=int, default=0, help="added to video timestamps to reach the events clock")
-    p.add_argument("--num-frames", type=int, default=8, help="frames sampled from the video window (default 8)")
+    p.add_argument("--num-frames", type=int, default=None,
+                   help="frames sampled from the video window (default: what the model takes; 8 without a model)")
     p.add_argument("--model", default=BUNDLED_MODEL, help="preset name or local folder (default: the bundled demo cascade)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's own (32 if it has none)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -58,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(args: argparse.Namespace) -> None:
     """Check flag values that argparse cannot; raise InputError naming the bad value."""
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.num_frames < 1:
+    if args.num_frames is not None and args.num_frames < 1:
         raise InputError(f"--num-frames must be >= 1, got {args.num_frames}")
     if not args.temperature > 0:
         raise InputError(f"--temperature must be > 0, got {args.temperature}")
@@ -118,12 +119,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     quiet = args.json
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
     source = resolve_model(args.model)  # a bad --model fails before any slow loading
+    cascade = None
+    if source is not None:
+        t0 = time.perf_counter()
+        with _Spinner(f"loading model {args.model}", quiet):
+            cascade = Cascade.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        timings["load_model"] = time.perf_counter() - t0
+        if args.num_frames is not None and args.num_frames != cascade.num_frames:
+            raise InputError(f"--num-frames {args.num_frames}: the model {args.model!r} takes {cascade.num_frames} frames")
+    num_frames = cascade.num_frames if cascade is not None else (args.num_frames or 8)
+    t0 = time.perf_counter()
     with _Spinner("loading events and video", quiet):
         clip = load_clip(
             args.events, args.video, start_us=args.start_us, end_us=args.end_us,
-            video_offset_us=args.video_offset_us, num_frames=args.num_frames, allow_pickle=args.allow_pickle,
+            video_offset_us=args.video_offset_us, num_frames=num_frames, allow_pickle=args.allow_pickle,
         )
     timings["load_clip"] = time.perf_counter() - t0
     inputs = {
@@ -132,28 +142,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "num_frames": len(clip.video), "video_offset_us": args.video_offset_us,
     }
     result: dict[str, Any] = {"model": args.model, "mode": args.mode, "inputs": inputs, "timings_s": timings}
-    if source is None:
-        # No bundled demo cascade ships yet: run the data layer to the point the models would start.
+    if cascade is None:
+        # No bundled demo cascade installed: run the data layer to the point the models would start.
         from evcascade.events import event_images
 
         t1 = time.perf_counter()
         images = event_images(clip.events, num_images=5)
         timings["event_images"] = time.perf_counter() - t1
         result.update(text=None, token_ids=[], note=(
-            "data layer only: no bundled demo cascade is installed in this version "
-            "(it is trained and shipped by the synthetic-world issue); pass --model PRESET_OR_FOLDER for a real one"),
+            "data layer only: no bundled demo cascade is installed; pass --model PRESET_OR_FOLDER for a real one"),
             data_layer={"event_images_shape": list(images.shape), "key_frame_shape": list(clip.video.key_frame.shape)})
         return result
-    t1 = time.perf_counter()
-    with _Spinner(f"loading model {args.model}", quiet):
-        cascade = Cascade.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    timings["load_model"] = time.perf_counter() - t1
-    if cascade.num_frames != args.num_frames:
-        clip = load_clip(args.events, args.video, start_us=args.start_us, end_us=args.end_us,
-                         video_offset_us=args.video_offset_us, num_frames=cascade.num_frames,
-                         allow_pickle=args.allow_pickle)
-    options: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample,
-                               "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
+    options: dict[str, Any] = {"do_sample": args.do_sample, "temperature": args.temperature, "top_p": args.top_p,
+                               "seed": args.seed}
+    if args.max_new_tokens is not None or "max_new_tokens" not in cascade.generation_defaults:
+        options["max_new_tokens"] = args.max_new_tokens or 32
     streaming = not quiet
     if streaming:
         print("answer: ", end="", flush=True)
@@ -164,7 +167,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if streaming:
         print(flush=True)
     timings["generate"] = answer.stats.total_s
-    result.update(text=answer.text, token_ids=answer.token_ids, stats=answer.stats.to_dict(),
+    result.update(text=answer.text, token_ids=answer.token_ids, token_sources=answer.token_sources,
+                  stats=answer.stats.to_dict(),
                   summary=answer.stats.summary(), streamed=streaming)
     return result
 

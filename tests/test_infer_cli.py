@@ -30,10 +30,27 @@ def run_cli(argv, capsys):
     return code, out, err
 
 
-def test_default_runs_the_data_layer_on_the_sample(capsys):
+def test_default_answers_with_the_bundled_demo_cascade(capsys):
+    annotations = json.loads((SAMPLE / "annotations.json").read_text())
+    truth = {qa["question"]: qa["answer"] for qa in annotations["qa"]}
     code, out, err = run_cli(BASE, capsys)
     assert code == 0, err
-    assert "events" in out and "frames" in out
+    assert f"answer: {truth['what is moving ?']}" in out
+    for question in ("where does the square move ?", "what colour is the moving circle ?"):
+        code, out, err = run_cli(BASE + ["--prompt", question, "--json"], capsys)
+        cascade = json.loads(out)
+        assert code == 0 and cascade["text"] == truth[question]
+        code, out, _ = run_cli(BASE + ["--prompt", question, "--json", "--mode", "target"], capsys)
+        assert json.loads(out)["token_ids"] == cascade["token_ids"]
+    code, _, err = run_cli(BASE + ["--num-frames", "8"], capsys)
+    assert code == 2 and "takes 2 frames" in err
+
+
+def test_without_a_bundled_cascade_the_data_layer_runs_and_says_so(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("evcascade.cascade.BUNDLED_DIR", tmp_path)
+    code, out, err = run_cli(BASE, capsys)
+    assert code == 0, err
+    assert "data layer only" in out
     code, out, _ = run_cli(BASE + ["--json"], capsys)
     result = json.loads(out)
     assert code == 0 and result["inputs"]["num_frames"] == 8 and result["inputs"]["num_events"] > 1000
@@ -103,7 +120,7 @@ def test_console_entry_point_dispatches_infer_and_bench():
     base = [sys.executable, "-m", "evcascade"]
     done = subprocess.run(base + ["infer", *BASE, "--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["inputs"]["num_frames"] == 8
+    assert json.loads(done.stdout)["text"] == "the circle and the square are moving ."
     done = subprocess.run(base + ["bench", "nonsense"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "unknown benchmark 'nonsense'" in done.stderr
     done = subprocess.run(base + ["frobnicate"], capture_output=True, text=True, timeout=60)

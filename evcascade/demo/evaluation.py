@@ -1,0 +1,62 @@
+"""Evaluation of the demo target: exact match of greedy ``generate`` answers, per question kind.
+
+Answers in the world are short fixed phrases, so exact match (after decoding and stripping) is the metric.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from evcascade.demo.scenes import ScenePool
+    from evcascade.demo.target import ExampleEncoder
+
+@torch.no_grad()
+def evaluate_target(model, encoder: ExampleEncoder, pool: ScenePool, *, max_new_tokens: int = 40,
+                    batch_size: int = 64) -> tuple[dict, list[dict]]:
+    """Exact match of greedy ``generate`` answers per question kind on every question of every scene in ``pool``.
+
+    Returns ``({kind: {"accuracy", "correct", "total"}, ..., "mean": ...}, records)``; prompts with the same
+    question have the same length, so each batch needs no padding.
+    """
+    from evcascade.data.questions import qa_pairs
+
+    model.eval()
+    by_question: dict[str, list[tuple[int, object]]] = {}
+    for i, scene in enumerate(pool.scenes):
+        for qa in qa_pairs(scene):
+            by_question.setdefault(qa.question, []).append((i, qa))
+    records = []
+    for question, items in by_question.items():
+        prompt = encoder.prompt_ids(question)
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            index = np.array([i for i, _ in chunk])
+            input_ids = prompt[None].expand(len(chunk), -1)  # [b, L]
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                 pixel_values_videos=encoder.pixels(pool.frames[index]),
+                                 max_new_tokens=max_new_tokens, do_sample=False)
+            texts = encoder.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+            for (i, qa), text in zip(chunk, texts):
+                records.append({"seed": int(pool.seeds[i]), "kind": qa.kind, "question": qa.question,
+                                "answer": qa.answer, "generated": text.strip(),
+                                "correct": text.strip() == qa.answer})
+    table: dict = {}
+    for record in records:
+        entry = table.setdefault(record["kind"], {"correct": 0, "total": 0})
+        entry["correct"] += int(record["correct"])
+        entry["total"] += 1
+    for entry in table.values():
+        entry["accuracy"] = entry["correct"] / entry["total"]
+    table = {kind: table[kind] for kind in sorted(table, key=_kind_order)}
+    table["mean"] = float(np.mean([e["accuracy"] for e in table.values()])) if table else 0.0
+    return table, records
+
+
+def _kind_order(kind: str) -> int:
+    from evcascade.data.questions import QUESTION_KINDS
+
+    return QUESTION_KINDS.index(kind) if kind in QUESTION_KINDS else len(QUESTION_KINDS)
