@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="panel.png")
     args = parser.parse_args(argv)
     try:
-        clip = load_clip(args.events, args.video, num_frames=8)
+        cascade = Cascade.from_pretrained(args.model) if resolve_model(args.model) is not None else None
+        clip = load_clip(args.events, args.video, num_frames=cascade.num_frames if cascade else 8)
         images = event_images(clip.events, num_images=5).numpy()
-        answer = cascade = None
-        if resolve_model(args.model) is not None:
-            cascade = Cascade.from_pretrained(args.model)
+        answer = None
+        if cascade is not None:
             answer = cascade.generate(prompt=args.prompt, clip=clip, max_new_tokens=args.max_new_tokens)
     except InputError as exc:
         print(f"panel: error: {exc}", file=sys.stderr)
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fig = plt.figure(figsize=(12, 7.5 if answer else 4.5))
     rows = 4 if answer else 2
-    grid = fig.add_gridspec(rows, 8, height_ratios=[1, 1, 0.9, 0.6][:rows])
+    grid = fig.add_gridspec(rows, max(5, len(clip.video)), height_ratios=[1, 1, 0.9, 0.6][:rows])
     for i, image in enumerate(images):
         ax = fig.add_subplot(grid[0, i])
         ax.imshow(image)
