@@ -96,16 +96,6 @@ class Answer:
                 "mode": self.mode, "stats": self.stats.to_dict(), "inputs": self.inputs}
 
 
-def _dtype_of(dtype: str | torch.dtype | None) -> torch.dtype | str:
-    names = {None: "auto", "auto": "auto", "float32": torch.float32, "fp32": torch.float32,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in names:
-        raise InputError(f"dtype must be one of auto, float32, bfloat16, float16, got {dtype!r}")
-    return names[dtype]
-
-
 def _weights_missing(what: str, where: str, exc: Exception) -> InputError:
     return InputError(
         f"{what} needs weights from {where!r}, which are not on this machine (not a local folder and not in the "
@@ -163,6 +153,8 @@ class Cascade:
     def from_pretrained(cls, preset_or_path: str | Path = BUNDLED, *, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype | None = "auto") -> "Cascade":
         """Load ``bundled``, a preset name, or a folder written by ``save_pretrained``."""
+        from evcascade.decoding.verifier import resolve_dtype
+
         config_path = resolve_model(str(preset_or_path))
         if config_path is None:
             raise InputError(
@@ -176,7 +168,8 @@ class Cascade:
         if spec.get("format") != FORMAT:
             raise InputError(f"{str(config_path)!r} is not an evcascade cascade (format={spec.get('format')!r}, "
                              f"expected {FORMAT!r})")
-        return _build(spec, config_path.parent, str(preset_or_path), torch.device(device), _dtype_of(dtype))
+        return _build(spec, config_path.parent, str(preset_or_path), torch.device(device),
+                      resolve_dtype("auto" if dtype is None else dtype))
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write cascade.json, the target (+ tokenizer) and every level's weights under ``folder``."""

@@ -150,9 +150,9 @@ class EngineBenchConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        from evcascade.decoding.verifier import _resolve_dtype
+        from evcascade.decoding.verifier import resolve_dtype
 
-        return _resolve_dtype(self.dtype)
+        return resolve_dtype(self.dtype)
 
 
 def build(model_class, config, device: str, dtype: torch.dtype):

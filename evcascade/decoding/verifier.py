@@ -119,7 +119,8 @@ def _eos_ids_of(model) -> tuple[int, ...]:
     return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
 
 
-def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
+    """A torch dtype from a name (float32/fp32, bfloat16/bf16, float16/fp16), or "auto" (the checkpoint's own)."""
     if isinstance(dtype, torch.dtype) or dtype == "auto":  # "auto": the checkpoint's own dtype
         return dtype
     if dtype in _DTYPES:
@@ -129,7 +130,7 @@ def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
 
 def _load(model_class, id_or_path: str | Path, device: torch.device | str, dtype: torch.dtype | str, **kwargs):
     """``model_class.from_pretrained`` on ``device`` in ``dtype``, with a missing checkpoint as an InputError."""
-    resolved_dtype = _resolve_dtype(dtype)
+    resolved_dtype = resolve_dtype(dtype)
     try:
         model = model_class.from_pretrained(str(id_or_path), dtype=resolved_dtype, **kwargs)
     except OSError as error:  # transformers reports a missing folder / unknown hub id / offline miss as OSError
