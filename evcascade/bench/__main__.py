@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, str] = {
     "events": "evcascade.bench.events",
     "engine": "evcascade.bench.engine",
     "lossy": "evcascade.bench.lossy",
+    "demo": "evcascade.bench.demo",
 }
 
 
