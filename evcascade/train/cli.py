@@ -136,9 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage, rest = argv[0], argv[1:]
     try:
         if stage == "cache":
-            CLI(cache_main, args=rest)
+            CLI(cache_main, args=rest, as_positional=False)
         elif stage == "export":
-            CLI(export_main, args=rest)
+            CLI(export_main, args=rest, as_positional=False)
         else:
             run_stage(stage, rest)
     except InputError as exc:

@@ -69,6 +69,8 @@ class DistillModule(L.LightningModule):
         draft_overrides: DraftLMConfig fields on top (projector_type, pool_frames, pool_grid, ...).
         visual_source: ``target`` | ``events`` | ``none`` (see the module notes).
         align_dir: an align export folder (needed for ``visual_source="events"``).
+        use_refiner: with ``visual_source="events"``, refine with the key frame through the export's
+            ``frame_refiner/`` (an L2 drafter); False trains an L1 drafter on events alone from the same export.
         lora: LoraConfig fields (r, lora_alpha, target_modules, ...) to train adapters; None = full fine-tuning.
         kd: ``forward_kl`` or ``tv``.
         kd_weight, ce_weight: weights of the KD and cross-entropy terms.
@@ -84,6 +86,7 @@ class DistillModule(L.LightningModule):
         draft_overrides: dict | None = None,
         visual_source: str = "target",
         align_dir: str | None = None,
+        use_refiner: bool = True,
         lora: dict | None = None,
         kd: str = "forward_kl",
         kd_weight: float = 1.0,
@@ -107,18 +110,18 @@ class DistillModule(L.LightningModule):
         self.draft_lm = build_draft_lm(draft_lm, hidden, draft_overrides)
         if lora:
             add_lora(self.draft_lm, lora)
-        self.event_features = self._load_align(align_dir) if visual_source == "events" else None
+        self.event_features = self._load_align(align_dir, use_refiner) if visual_source == "events" else None
         self.vocab_size = int(self.draft_lm.get_output_embeddings().weight.shape[0])
         self.skipped_empty = 0
 
     @staticmethod
-    def _load_align(align_dir: str) -> torch.nn.ModuleDict:
+    def _load_align(align_dir: str, use_refiner: bool = True) -> torch.nn.ModuleDict:
         from evcascade.models import AlignmentMLP, EventEncoder, FrameRefiner
 
         folder = require_folder(align_dir, "the align stage's export (event_encoder/, alignment/)")
         parts = {"encoder": EventEncoder.from_pretrained(folder / "event_encoder"),
                  "alignment": AlignmentMLP.from_pretrained(folder / "alignment")}
-        if (folder / "frame_refiner").is_dir():
+        if use_refiner and (folder / "frame_refiner").is_dir():
             parts["refiner"] = FrameRefiner.from_pretrained(folder / "frame_refiner")
         frozen = torch.nn.ModuleDict(parts).eval()
         frozen.requires_grad_(False)
@@ -132,6 +135,9 @@ class DistillModule(L.LightningModule):
             return None
         if source == "target":
             return batch["video_features"]
+        if batch.get("events") is None:
+            raise InputError("visual_source='events' trains on event windows, but the batches carry none: "
+                             "set data.with_events: true")
         with torch.no_grad():
             parts = self.event_features
             encoder = parts["encoder"]

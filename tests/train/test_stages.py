@@ -234,6 +234,9 @@ def test_distill_from_event_features_of_an_align_export(tmp_path, dsec_root, dse
     trainer(2).fit(module, dm)
     assert all(torch.equal(p, frozen[n]) for n, p in module.event_features.named_parameters())
     assert module.skipped_empty == 1  # seq_c's empty window, once per epoch (one epoch of 2 batches)
+    assert "refiner" in module.event_features  # the export has a frame refiner: an L2 drafter by default
+    l1 = distill_module(dsec_cache, visual_source="events", align_dir=str(tmp_path / "export"), use_refiner=False)
+    assert set(l1.event_features) == {"encoder", "alignment"}  # the same export, events only: an L1 drafter
 
 
 # ---------------------------------------------------------------------------------------------- CLI
