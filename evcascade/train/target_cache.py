@@ -48,10 +48,24 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-class TargetCache:
-    """Read side of a cache folder: ``meta``, ``keys(kind)``, ``get(key)`` (the two latest shards stay loaded)."""
+DEFAULT_MEMORY_BYTES = 4 << 30
 
-    def __init__(self, folder):
+
+def _nbytes(shard: dict[str, dict[str, torch.Tensor]]) -> int:
+    return sum(t.numel() * t.element_size() for entry in shard.values() for t in entry.values())
+
+
+class TargetCache:
+    """Read side of a cache folder: ``meta``, ``keys(kind)``, ``get(key)``.
+
+    Loaded shards stay in memory, least recently used first out, up to ``memory_bytes`` of tensors (at least
+    one shard): training reads keys in shuffled order, so a cache that fits stays loaded and every shard is
+    read once, where keeping only the latest shard or two reloads a shard for nearly every sample.
+    """
+
+    def __init__(self, folder, *, memory_bytes: int = DEFAULT_MEMORY_BYTES):
+        self.memory_bytes = int(memory_bytes)
+        self._loaded_bytes: dict[str, int] = {}
         self.folder = Path(folder).expanduser()
         meta_path, index_path = self.folder / "meta.json", self.folder / "index.json"
         for path in (meta_path, index_path):
@@ -95,8 +109,10 @@ class TargetCache:
         if shard is None:
             shard = torch.load(self.folder / entry["shard"], map_location="cpu", weights_only=True)
             self._shards[entry["shard"]] = shard
-            while len(self._shards) > 2:
-                self._shards.popitem(last=False)
+            self._loaded_bytes[entry["shard"]] = _nbytes(shard)
+            while len(self._shards) > 1 and sum(self._loaded_bytes.values()) > self.memory_bytes:
+                oldest, _ = self._shards.popitem(last=False)
+                del self._loaded_bytes[oldest]
         else:
             self._shards.move_to_end(entry["shard"])
         return shard[key]

@@ -204,3 +204,22 @@ def test_cache_resumes_after_a_kill_and_refuses_another_target(tmp_path, dsec_ro
         resumed.get("seq_z/0")
     with pytest.raises(InputFileNotFoundError, match="not a target cache"):
         TargetCache(tmp_path)
+
+
+def test_cache_keeps_shards_loaded_within_its_memory_budget(tmp_path, monkeypatch):
+    """Shuffled reads of a cache that fits load every shard once; a budget below one shard keeps just one."""
+    meta = {"target": "t", "feature_layer": -1, "top_k": 2, "layout": {}}
+    with TargetCacheWriter(tmp_path / "c", meta, shard_size=2) as writer:
+        for i in range(8):
+            writer.put(f"k{i}", {"x": torch.full((4,), float(i))}, kind="features", clip=f"k{i}")
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    order = [0, 5, 2, 7, 1, 4, 6, 3, 0, 7]
+    roomy = TargetCache(tmp_path / "c")
+    assert [float(roomy.get(f"k{i}")["x"][0]) for i in order] == [float(i) for i in order]
+    assert len(loads) == 4  # four shards, each read once
+    loads.clear()
+    tight = TargetCache(tmp_path / "c", memory_bytes=1)
+    [tight.get(f"k{i}") for i in order]
+    assert len(loads) == 10 and len(tight._shards) == 1  # each read here is in another shard than the last
