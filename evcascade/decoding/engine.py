@@ -10,6 +10,11 @@ One step, after the prefill has chosen the first token (the "pending" token, not
     verifier.rollback(k - n); drafters.accepted(..)   caches back to the accepted length
     new = draft[:n] + [next], cut at the first stop   EOS / max_new_tokens / stop strings, as generate does
 
+The prefill judges a first block too (``GenerationOptions.draft_in_prefill``, on by default): the levels draft
+after the prompt before the target has seen it, and the prefill's one forward over ``prompt + draft`` returns the
+rows that judge it (``Verifier.prefill_with_draft``). A short answer drafted right in one block then costs one
+target forward, not two: for the 8-token answers of the demo world that halves tau's floor.
+
 The target's verification is the lossless rule by default, so the answer equals the target's own ``generate``
 (greedy: token for token; sampling: in distribution), whatever the drafters do. ``GenerationOptions.acceptance``
 opts into a lossy rule (``decoding/lossy.py``, ``decoding/modality.py``) for this final verification only;
@@ -75,6 +80,10 @@ class GenerationOptions:
     "token_v1/v2/v3", "typical", "fuzzy", "modality": needs ``DraftContext.extras[modality.AGREEMENT_KEY]``)."""
     lenience: float = 0.0
     """The lossy rule's lenience in [0, 1]; 0 is the lossless rule for every rule."""
+    draft_in_prefill: bool = True
+    """Draft the first block before the target's prefill and judge it in the prefill's own forward (verifiers
+    with ``drafts_in_prefill``): one target forward less per answer, which for short answers is a large share
+    of them; the first token then arrives with the block, after the drafting time."""
 
     def __post_init__(self) -> None:
         def is_int(value) -> bool:
@@ -205,23 +214,20 @@ class CascadeDecoder:
 
         for index, level in enumerate(self.levels):
             self._timed(index, step, level.begin, replace(context), sampling=params, generator=generator)
-        first_logits = self.verifier.prefill(request)  # [B, V]
-        stats.target_forwards = 1
-        generated = choose_token(first_logits, params, generator)[:, None]  # [B, 1], pending: not yet cached
-        sources = ["target"]
+        generated, sources = self._first_block(request, prompt_ids, options, step)  # [B, m], the last one pending
         stats.time_to_first_token_s = time.perf_counter() - start
+        stop = stopper.first_stop(prompt_ids, 0, generated)
+        if stop is not None:
+            generated, sources = generated[:, : stop[0]], sources[: stop[0]]
         if on_tokens is not None:
             on_tokens(generated.clone())
-        stop = stopper.first_stop(prompt_ids, 0, generated)
 
         while stop is None:
             room = self._room(options, generated.shape[1])
             if room < 0:
                 stop = (0, "context_full")
                 break
-            plan = self.policy.plan(room) if options.adaptive else static_plan(
-                [level.can_review for level in self.levels], min(options.draft_k, room))
-            new_ids = self._step(plan, generated, step)  # [B, m]
+            new_ids = self._step(self._plan(options, room), generated, step)  # [B, m]
             new_sources = self._sources(step, new_ids.shape[1])
             stop = stopper.first_stop(torch.cat([prompt_ids, generated], dim=1), generated.shape[1], new_ids)
             if stop is not None:
@@ -249,6 +255,28 @@ class CascadeDecoder:
                 names[position] = self.levels[segment.level].name
         return names
 
+    def _plan(self, options: GenerationOptions, room: int) -> DraftPlan:
+        if options.adaptive:
+            return self.policy.plan(room)
+        return static_plan([level.can_review for level in self.levels], min(options.draft_k, room))
+
+    def _first_block(self, request: VerifyRequest, prompt_ids: torch.LongTensor, options: GenerationOptions,
+                     step: _Step) -> tuple[torch.LongTensor, list[str]]:
+        """The prefill: the first token ``[B, 1]``, or, drafting in the prefill, the accepted first drafts and
+        the target's next token ``[B, n+1]``; with who proposed each."""
+        room = self._room(options, 0, cached=prompt_ids.shape[1])
+        if options.draft_in_prefill and self.levels and room > 0 and self.verifier.drafts_in_prefill:
+            step.segments = []
+            draft = self._draft_plan(self._plan(options, room), prompt_ids[:, :0], step)
+            if draft.num_tokens:
+                target_logits = self.verifier.prefill_with_draft(request, draft.token_ids)  # [B, k+1, V]
+                step.stats.target_forwards += 1  # the prefill (stats.steps counts the verifies after it)
+                new_ids = self._judge(draft, target_logits, step)
+                return new_ids, self._sources(step, new_ids.shape[1])
+        first_logits = self.verifier.prefill(request)  # [B, V]
+        step.stats.target_forwards += 1
+        return choose_token(first_logits, step.params, step.generator)[:, None], ["target"]  # [B, 1]
+
     def _step(self, plan: DraftPlan, generated: torch.LongTensor, step: _Step) -> torch.LongTensor:
         """Draft, verify once, accept, roll back; the new tokens ``[B, n+1]`` (before any stop cut)."""
         step.segments = []
@@ -259,6 +287,11 @@ class CascadeDecoder:
         self.policy.observe_verify(k + 1, time.perf_counter() - verify_start)
         step.stats.target_forwards += 1
         step.stats.steps += 1
+        return self._judge(draft, target_logits, step)
+
+    def _judge(self, draft: Draft, target_logits: torch.Tensor, step: _Step) -> torch.LongTensor:
+        """Accept from ``target_logits [B, k+1, V]`` (row i judges draft i), roll back, record; ``[B, n+1]``."""
+        k = draft.num_tokens
         result = step.rule(draft.token_ids, draft.probs, target_logits, step.params, step.generator)
         num_accepted = int(result.num_accepted[0])
         self.verifier.rollback(k - num_accepted)
@@ -369,13 +402,14 @@ class CascadeDecoder:
         missing = self.verifier.vocab_size - logits.shape[-1]
         return torch.nn.functional.pad(logits.float(), (0, missing), value=float("-inf")) if missing > 0 else logits
 
-    def _room(self, options: GenerationOptions, num_generated: int) -> int:
+    def _room(self, options: GenerationOptions, num_generated: int, cached: int | None = None) -> int:
         """Most draft tokens this step: within max_new_tokens (the target adds one) and the target's context
-        (the pending token is verified too); -1 when not even the pending token fits."""
+        (``cached`` positions, default the verifier's; the pending token is verified too); -1 when not even the
+        pending token fits."""
         room = min(options.draft_k, options.max_new_tokens - num_generated - 1)
         max_positions = getattr(self.verifier, "max_positions", None)
         if max_positions is not None:
-            room = min(room, max_positions - self.verifier.cache_length - 1)
+            room = min(room, max_positions - (self.verifier.cache_length if cached is None else cached) - 1)
         return room
 
     def _check_request(self, request: VerifyRequest, context: DraftContext) -> torch.LongTensor:

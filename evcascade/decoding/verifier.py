@@ -66,9 +66,19 @@ class Verifier(abc.ABC):
     timings: dict[str, float]
     """Seconds spent in "vision", "prefill" and "verify" for the current request (reset by ``prefill``)."""
 
+    drafts_in_prefill: bool = False
+    """True when ``prefill_with_draft`` judges a draft in the prefill's own forward (else it costs a verify more)."""
+
     @abc.abstractmethod
     def prefill(self, request: VerifyRequest) -> torch.Tensor:
         """Start a request; return next-token logits ``[B, V]`` for the position after the prompt."""
+
+    def prefill_with_draft(self, request: VerifyRequest, draft_ids: torch.LongTensor) -> torch.Tensor:
+        """Start a request with a first draft ``[B, k]`` appended to the prompt; return logits ``[B, k+1, V]``:
+        ``[:, 0]`` after the prompt, ``[:, i]`` after draft token i. The draft stays in the KV cache (as after
+        ``verify``: ``rollback`` drops what is rejected). This default runs ``prefill`` then ``verify``."""
+        first = self.prefill(request)  # [B, V]
+        return torch.cat([first[:, None], self.verify(draft_ids)], dim=1)  # [B, k+1, V]
 
     @abc.abstractmethod
     def verify(self, token_ids: torch.LongTensor) -> torch.Tensor:
@@ -164,23 +174,35 @@ class _KVCacheVerifier(Verifier):
         self._cache, self._length, self._prompt_length = None, 0, 0
         self.timings = {"vision": 0.0, "prefill": 0.0, "verify": 0.0}
 
-    def _forward(self, cache, *, last_only: bool = False, **inputs) -> tuple[torch.Tensor, Any]:
-        """One forward appending to ``cache`` (None starts one); float32 logits ``[B, n or 1, V]`` and the cache."""
-        if last_only and self._has_logits_to_keep:
-            inputs["logits_to_keep"] = 1
+    drafts_in_prefill = True
+
+    def _forward(self, cache, *, keep: int | None = None, **inputs) -> tuple[torch.Tensor, Any]:
+        """One forward appending to ``cache`` (None starts one); float32 logits of the last ``keep`` positions
+        (all when None) ``[B, n or keep, V]`` and the cache."""
+        if keep is not None and self._has_logits_to_keep:
+            inputs["logits_to_keep"] = keep
         with torch.no_grad():
             out = self.model(past_key_values=cache, use_cache=True, **inputs)
-        logits = out.logits[:, -1:] if last_only else out.logits
+        logits = out.logits[:, -keep:] if keep is not None else out.logits
         return logits.float(), out.past_key_values
 
-    def _prefill_plain(self, prompt_ids: torch.LongTensor) -> torch.Tensor:
-        """Prefill a text prompt with one forward, nothing reused across requests; logits ``[B, V]``."""
+    def _check_draft(self, draft_ids: torch.LongTensor | None) -> torch.LongTensor:
+        """The prefill's draft ``[B, k]`` (k = 0 for none), checked."""
+        if draft_ids is None:
+            return torch.zeros(1, 0, dtype=torch.long, device=self.device)
+        return _check_token_ids(draft_ids, "draft_ids", self.vocab_size, self.device)
+
+    def _prefill_plain(self, prompt_ids: torch.LongTensor, draft_ids: torch.LongTensor) -> torch.Tensor:
+        """Prefill a text prompt (and draft ``[B, k]``) with one forward, nothing reused across requests; logits
+        ``[B, k+1, V]``."""
         start = time.perf_counter()
-        logits, self._cache = self._forward(None, last_only=True, input_ids=prompt_ids)
+        k = draft_ids.shape[1]
+        logits, self._cache = self._forward(None, keep=k + 1, input_ids=torch.cat([prompt_ids, draft_ids], dim=1))
         _sync(self.device)
         self.timings["prefill"] += time.perf_counter() - start
-        self._length = self._prompt_length = prompt_ids.shape[1]
-        return logits[:, -1]
+        self._prompt_length = prompt_ids.shape[1]
+        self._length = self._prompt_length + k
+        return logits  # [B, k+1, V]
 
     def _check_fits(self, num_new: int) -> None:
         if self.max_positions is not None and self._length + num_new > self.max_positions:
@@ -238,12 +260,19 @@ class CausalLMVerifier(_KVCacheVerifier):
         return cls(_load(AutoModelForCausalLM, id_or_path, device, dtype, **kwargs))
 
     def prefill(self, request: VerifyRequest) -> torch.Tensor:
+        return self._prefill(request, None)[:, 0]  # [B, V]
+
+    def prefill_with_draft(self, request: VerifyRequest, draft_ids: torch.LongTensor) -> torch.Tensor:
+        return self._prefill(request, draft_ids)  # [B, k+1, V]
+
+    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None) -> torch.Tensor:
         self._begin()
         if request.pixel_values_videos is not None:
             raise InputError("CausalLMVerifier is text-only: pixel_values_videos must be None")
         prompt_ids = _check_token_ids(request.prompt_ids, "prompt_ids", self.vocab_size, self.device)
-        self._check_fits(prompt_ids.shape[1])
-        return self._prefill_plain(prompt_ids)  # [B, V]
+        draft_ids = self._check_draft(draft_ids)
+        self._check_fits(prompt_ids.shape[1] + draft_ids.shape[1])
+        return self._prefill_plain(prompt_ids, draft_ids)  # [B, k+1, V]
 
 
 @dataclass
@@ -324,9 +353,17 @@ class VideoLlavaVerifier(_KVCacheVerifier):
         return pixels.to(device=self.device, dtype=self.dtype)
 
     def prefill(self, request: VerifyRequest) -> torch.Tensor:
+        return self._prefill(request, None)[:, 0]  # [B, V]
+
+    def prefill_with_draft(self, request: VerifyRequest, draft_ids: torch.LongTensor) -> torch.Tensor:
+        return self._prefill(request, draft_ids)  # [B, k+1, V]
+
+    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None) -> torch.Tensor:
+        """Both prefills: the clip's prefix from the caches, then prompt suffix + draft in one forward."""
         self._begin()
         prompt_ids = _check_token_ids(request.prompt_ids, "prompt_ids", self.vocab_size, self.device)
-        self._check_fits(prompt_ids.shape[1])
+        draft_ids = self._check_draft(draft_ids)
+        self._check_fits(prompt_ids.shape[1] + draft_ids.shape[1])
         if bool((prompt_ids == self.image_token_id).any()):
             raise InputError(f"prompt_ids hold <image> placeholders (id {self.image_token_id}); "
                              "only video is supported")
@@ -335,7 +372,7 @@ class VideoLlavaVerifier(_KVCacheVerifier):
             if is_video.numel():
                 raise InputError(f"prompt_ids hold {is_video.numel()} <video> placeholders "
                                  "but pixel_values_videos is None")
-            return self._prefill_plain(prompt_ids)  # a text-only prompt: nothing to share across requests
+            return self._prefill_plain(prompt_ids, draft_ids)  # a text-only prompt: nothing to share across requests
 
         pixels = self._check_pixels(request.pixel_values_videos)
         expected = pixels.shape[1] * self.tokens_per_frame
@@ -363,19 +400,23 @@ class VideoLlavaVerifier(_KVCacheVerifier):
             from transformers.modeling_outputs import BaseModelOutputWithPooling
 
             video = BaseModelOutputWithPooling(pooler_output=features)  # 5.23's way to pass precomputed features
-            logits, cache = self._forward(None, last_only=True, input_ids=prefix_ids,
-                                          mm_encoder_outputs={"video": video})
+            logits, cache = self._forward(None, keep=1, input_ids=prefix_ids, mm_encoder_outputs={"video": video})
             entry = _PrefixEntry(cache=cache, length=prefix_length, last_logits=logits[:, -1])
             self.prefix_cache.put(prefix_key, entry)
         self._cache, self._length = entry.cache, prefix_length
-        logits = entry.last_logits.clone()  # the caller may edit it in place; the entry must not change
-        if suffix_ids.shape[1]:
-            logits, self._cache = self._forward(self._cache, last_only=True, input_ids=suffix_ids)
-            logits = logits[:, -1]
+        logits = entry.last_logits.clone()[:, None]  # [B, 1, V]; a copy: the entry must not change
+        tail = torch.cat([suffix_ids, draft_ids], dim=1)  # [B, s + k]
+        k = draft_ids.shape[1]
+        if tail.shape[1]:
+            # with a suffix its last row judges the draft's first token; without, the prefix's last logits do
+            keep = k + 1 if suffix_ids.shape[1] else k
+            tail_logits, self._cache = self._forward(self._cache, keep=keep, input_ids=tail)  # [B, keep, V]
+            logits = tail_logits if suffix_ids.shape[1] else torch.cat([logits, tail_logits], dim=1)
         _sync(self.device)
         self.timings["prefill"] += time.perf_counter() - start
-        self._length = self._prompt_length = prompt_ids.shape[1]
-        return logits  # [B, V]
+        self._prompt_length = prompt_ids.shape[1]
+        self._length = self._prompt_length + k
+        return logits  # [B, k+1, V]
 
     def cache_stats(self) -> dict[str, dict[str, int]]:
         """Hit/miss counters of the feature and prefix caches (for reports and tests)."""

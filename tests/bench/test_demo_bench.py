@@ -138,10 +138,11 @@ def test_replay_keeps_drafts_up_to_the_first_recorded_miss():
 
 
 def test_replay_through_the_engine_reproduces_the_pattern():
-    """Static k=3 on a tiny Llama: acceptance by position follows the hit bits step by step, answer unchanged."""
+    """Static k=3 on a tiny Llama: acceptance by position follows the hit bits step by step, answer unchanged
+    (the prefill decodes the first token alone here, as the hand count below assumes)."""
     model = tiny_llama(vocab_size=30)
     prompt = torch.tensor([[1, 4, 9]])
-    options = GenerationOptions(max_new_tokens=8, draft_k=3, adaptive=False, eos_token_ids=())
+    options = GenerationOptions(max_new_tokens=8, draft_k=3, adaptive=False, eos_token_ids=(), draft_in_prefill=False)
     verifier = CausalLMVerifier(model)
     plain = CascadeDecoder(verifier, []).generate(VerifyRequest(prompt), DraftContext(prompt), options)
     reference = plain.token_ids  # [1, 8]

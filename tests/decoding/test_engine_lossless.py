@@ -100,17 +100,18 @@ CASCADES = ["none", "perfect", "wrong", "random", "ngram", "lm", "ngram+lm", "ra
             "wrong+self"]
 
 
+@pytest.mark.parametrize("in_prefill", [True, False], ids=["prefill-draft", "prefill-plain"])
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("cascade", CASCADES)
-def test_greedy_equals_generate(cascade, seed, adaptive):
+def test_greedy_equals_generate(cascade, seed, adaptive, in_prefill):
     model = target(seed)
     prompt = prompt_of(seed)
     max_new_tokens = 9 + 13 * seed + 3 * adaptive
     expected = hf_answer(model, prompt, max_new_tokens, eos_token_id=NO_EOS)
     decoder = CascadeDecoder(CausalLMVerifier(model), levels_for(cascade, expected, seed))
     options = GenerationOptions(max_new_tokens=max_new_tokens, eos_token_ids=(NO_EOS,), adaptive=adaptive,
-                                draft_k=1 + (seed * 3 + adaptive) % 6)
+                                draft_k=1 + (seed * 3 + adaptive) % 6, draft_in_prefill=in_prefill)
     streamed = []
     result = decoder.generate(VerifyRequest(prompt), DraftContext(prompt[:, 1:]), options,
                               on_tokens=lambda ids: streamed.extend(ids[0].tolist()))
@@ -175,9 +176,13 @@ def test_max_new_tokens_inside_a_draft_block():
     expected = hf_answer(model, prompt, 3, eos_token_id=NO_EOS)
     free_run = hf_answer(model, prompt, 12, eos_token_id=NO_EOS)
     decoder = CascadeDecoder(CausalLMVerifier(model), [ReplayDrafter(free_run)])
-    result = decoder.generate(VerifyRequest(prompt), DraftContext(prompt),
-                              GenerationOptions(max_new_tokens=3, eos_token_ids=(NO_EOS,), draft_k=8, adaptive=False))
-    assert result.token_ids[0].tolist() == expected and result.stats.target_forwards == 2
+    # 2 drafts + the bonus judged by the prefill, or the prefill's token then 1 draft + the bonus
+    for in_prefill, forwards, drafted in ((True, 1, [1, 1]), (False, 2, [1])):
+        options = GenerationOptions(max_new_tokens=3, eos_token_ids=(NO_EOS,), draft_k=8, adaptive=False,
+                                    draft_in_prefill=in_prefill)
+        result = decoder.generate(VerifyRequest(prompt), DraftContext(prompt), options)
+        assert result.token_ids[0].tolist() == expected and result.stats.target_forwards == forwards
+        assert result.stats.levels[0].drafted_by_position == drafted
 
 
 # ---------------------------------------------------------------- Video-LLaVA target

@@ -377,3 +377,32 @@ def test_cuda_greedy_loop_reproduces_generate(video_llava_dir, prompter, dtype):
     expected = hf_greedy(model, prompt.cuda(), 12, pixel_values_videos=pixels)
     assert greedy_with_verifier(verifier, VerifyRequest(prompt, pixels), 12) == expected
     assert greedy_with_verifier(verifier, VerifyRequest(prompt, pixels), 12) == expected  # warm caches
+
+
+@pytest.mark.parametrize("ending", ["question", "video", "text"])
+def test_prefill_with_draft_judges_the_draft_in_one_forward(tok, vl_model, prompter, ending):
+    """The prefill's draft rows equal a fresh forward over prompt + draft, on a cold and on a warm prefix cache
+    (prompt with a question after the video, ending at the video, text only); rollback then drops the rejected."""
+    video_id = tok.convert_tokens_to_ids("<video>")
+    pixels = clip(21)
+    prompt = {"question": prompter("what is moving ?").target_ids, "video": torch.tensor([[1, 4] + [video_id] * 40]),
+              "text": torch.tensor([[1, 4, 17, 35, 5]])}[ending]
+    request = VerifyRequest(prompt, None if ending == "text" else pixels)
+    draft = torch.tensor([[7, 11, 5]])
+    verifier = VideoLlavaVerifier(vl_model)
+    for _ in range(2):  # cold, then from the clip's cached prefix
+        logits = verifier.prefill_with_draft(request, draft)  # [1, 4, V]
+        sequence = torch.cat([prompt, draft], dim=1)
+        reference = full_logits(vl_model, sequence, request.pixel_values_videos)[:, -4:]
+        torch.testing.assert_close(logits, reference, atol=ATOL, rtol=0)
+        assert verifier.cache_length == sequence.shape[1]
+        verifier.rollback(2)
+        follow = verifier.verify(torch.tensor([[9]]))
+        kept = torch.cat([prompt, draft[:, :1], torch.tensor([[9]])], dim=1)
+        torch.testing.assert_close(follow, full_logits(vl_model, kept, request.pixel_values_videos)[:, -1:],
+                                   atol=ATOL, rtol=0)
+    with pytest.raises(InputError, match="draft_ids"):
+        verifier.prefill_with_draft(request, torch.tensor([[10_000]]))
+    with pytest.raises(InputError, match="rollback"):
+        verifier.prefill_with_draft(request, draft)
+        verifier.rollback(4)  # the prompt is never rolled back
