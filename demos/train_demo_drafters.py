@@ -36,6 +36,7 @@ LEVELS = {  # level name -> (distill config, the align pieces it uses)
     "events": ("distill_demo_events.yaml", ("event_encoder", "alignment")),
     "events_frame": ("distill_demo_frame.yaml", ("event_encoder", "alignment", "frame_refiner")),
 }
+DISTILL_STAGES = {"distill_events": "events", "distill_frame": "events_frame"}  # stage -> level it trains
 
 
 def _config(name: str) -> dict:
@@ -67,7 +68,11 @@ def assemble(cascade_dir: Path) -> dict:
         for piece in pieces:
             shutil.copytree(align_export / piece, folder / piece)
         shutil.copytree(distill_export / "draft_lm", folder / "draft_lm")
-        levels.append({"type": "event_drafter", "name": name, "path": f"levels/{name}"})
+        level = {"type": "event_drafter", "name": name, "path": f"levels/{name}"}
+        record = json.loads((distill_export / "export.json").read_text())["pieces"]["draft_lm"]
+        if "val_acceptance" in record:  # the policy's starting estimate: drafts from the first answer on
+            level["prior_acceptance"] = round(record["val_acceptance"], 3)
+        levels.append(level)
     spec["levels"] = levels
     spec["description"] = (
         "The demo cascade: a 2-frame VideoLlava trained on the synthetic world (demos/train_demo_target.py), "
@@ -94,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         "world": manifest.is_file(),
         "cache": False,  # resumable: a finished cache is a quick no-op
         "align": (Path(_config("align_demo.yaml")["model"]["export_dir"]) / "alignment").is_dir(),
-        "distill_events": (Path(_config(LEVELS["events"][0])["model"]["export_dir"]) / "draft_lm").is_dir(),
-        "distill_frame": (Path(_config(LEVELS["events_frame"][0])["model"]["export_dir"]) / "draft_lm").is_dir(),
+        **{stage: (Path(_config(LEVELS[level][0])["model"]["export_dir"]) / "draft_lm").is_dir()
+           for stage, level in DISTILL_STAGES.items()},
         "assemble": False,
     }
     for stage in STAGES:
@@ -116,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("the cache stage failed")
         elif stage == "align":
             _train("align", "align_demo.yaml", args.align_steps)
-        elif stage.startswith("distill_"):
-            _train("distill", LEVELS[stage.removeprefix("distill_")][0], args.distill_steps)
+        elif stage in DISTILL_STAGES:
+            _train("distill", LEVELS[DISTILL_STAGES[stage]][0], args.distill_steps)
         else:
             spec = assemble(args.cascade)
             print(f"wrote {args.cascade / 'cascade.json'}: levels {[level['name'] for level in spec['levels']]}")

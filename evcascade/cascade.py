@@ -13,7 +13,10 @@ A cascade folder (what ``Cascade.save_pretrained`` writes and ``Cascade.from_pre
 ``target`` and a level's ``path`` are folders relative to cascade.json or Hugging Face hub ids. Level types:
 ``ngram`` (prompt lookup, no weights), ``model`` (any causal LM sharing the target's tokenizer),
 ``drafter_preset`` (a named preset under ``evcascade/assets/presets/drafters``), ``event_drafter`` (our event
-encoder + alignment [+ frame refiner] + draft LM; with a refiner it is the L2 events+key-frame level).
+encoder + alignment [+ frame refiner] + draft LM; with a refiner it is the L2 events+key-frame level). Any
+level may carry ``"prior_acceptance"``: the adaptive policy's starting estimate of its per-token acceptance
+(e.g. the distill stage's ``val/acceptance``), so a fresh process drafts with a trained level from its first
+answer instead of waiting for exploration to find it.
 Presets (``evcascade/assets/presets/cascades/*.json``) are cascade.json files whose paths are hub ids.
 
 >>> from evcascade.testing import tiny_tokenizer, tiny_video_llava
@@ -199,6 +202,8 @@ class Cascade:
                 levels.append({"type": "model", "name": level.name, "path": path})
             else:
                 raise InputError(f"cannot save level {level.name!r} of type {type(level).__name__}")
+            if level.prior_acceptance is not None:
+                levels[-1]["prior_acceptance"] = level.prior_acceptance
         spec = {"format": FORMAT, "version": 1, "name": self.name, "target": "target", "levels": levels,
                 "generation": self.generation_defaults}
         (root / CONFIG_NAME).write_text(json.dumps(spec, indent=2))
@@ -377,6 +382,17 @@ def _build(spec: dict[str, Any], root: Path, source: str, device: torch.device, 
 
 
 def _build_level(level: dict[str, Any], root: Path, source: str, verifier, device: torch.device):
+    """One level of a cascade spec, with its ``prior_acceptance`` (the policy's starting estimate) when given."""
+    prior = level.get("prior_acceptance")
+    if prior is not None and (isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0 <= prior <= 1):
+        raise InputError(f"{source}: level {level.get('name', level.get('type'))!r}: prior_acceptance must be a "
+                         f"number in [0, 1], got {prior!r}")
+    drafter = _make_level(level, root, source, verifier, device)
+    drafter.prior_acceptance = None if prior is None else float(prior)
+    return drafter
+
+
+def _make_level(level: dict[str, Any], root: Path, source: str, verifier, device: torch.device):
     from evcascade.decoding.model_drafter import ModelDrafter
     from evcascade.decoding.ngram import NGramDrafter
 

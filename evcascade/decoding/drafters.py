@@ -79,6 +79,9 @@ class Drafter(abc.ABC):
     """Meaningful vocabulary (see the module docstring); None for drafters that only copy seen ids."""
     can_review: bool = False
     """True if ``review`` scores another level's drafts (only such a level can be sped up vertically)."""
+    prior_acceptance: float | None = None
+    """The adaptive policy's starting estimate of this level's per-token acceptance (e.g. the offline estimate
+    its training measured); None uses the policy's default. Observations replace it within a few steps."""
 
     @property
     def device(self) -> torch.device | None:

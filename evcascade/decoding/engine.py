@@ -13,7 +13,7 @@ One step, after the prefill has chosen the first token (the "pending" token, not
 The prefill judges a first block too (``GenerationOptions.draft_in_prefill``, on by default): the levels draft
 after the prompt before the target has seen it, and the prefill's one forward over ``prompt + draft`` returns the
 rows that judge it (``Verifier.prefill_with_draft``). A short answer drafted right in one block then costs one
-target forward, not two: for the 8-token answers of the demo world that halves tau's floor.
+target forward, not two (for the ~8-token answers of the demo world, tau can reach 8 instead of 4).
 
 The target's verification is the lossless rule by default, so the answer equals the target's own ``generate``
 (greedy: token for token; sampling: in distribution), whatever the drafters do. ``GenerationOptions.acceptance``
@@ -184,7 +184,8 @@ class CascadeDecoder:
                 raise InputError(f"drafter {level.name!r} is on {level.device} but the verifier is on "
                                  f"{verifier.device}: move both to one device")
         self.policy = policy if policy is not None else AdaptivePolicy()
-        self.policy.bind([level.can_review for level in self.levels])
+        self.policy.bind([level.can_review for level in self.levels],
+                         [level.prior_acceptance for level in self.levels])
         self.inner_rule = inner_rule
 
     # -- the loop --------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from evcascade.errors import InputError
+
 
 @dataclass(frozen=True)
 class DraftSegment:
@@ -186,13 +188,17 @@ class AdaptivePolicy:
         self.horizontal, self.vertical = horizontal, vertical
         self.bind([])
 
-    def bind(self, can_review: Sequence[bool]) -> None:
-        """Attach to a cascade's levels (cheapest first); estimates restart if the number of levels changes."""
+    def bind(self, can_review: Sequence[bool], priors: Sequence[float | None] | None = None) -> None:
+        """Attach to a cascade's levels (cheapest first), with per-level prior acceptances (None: the policy's
+        ``prior_acceptance``); estimates restart if the number of levels changes."""
         if getattr(self, "can_review", None) is not None and len(self.can_review) == len(can_review):
             return
         self.can_review = list(can_review)
         count = len(can_review)
-        self._acceptance = [self._rate() for _ in range(count)]
+        priors = list(priors) if priors is not None else [None] * count
+        if len(priors) != count:
+            raise InputError(f"priors must give one value (or None) per level ({count}), got {len(priors)}")
+        self._acceptance = [self._rate(prior) for prior in priors]
         self._inner = {(h, r): self._rate() for r in range(count) for h in range(r)}
         self._draft_cost = [LinearCost(self.decay) for _ in range(count)]
         self._review_cost = [LinearCost(self.decay) for _ in range(count)]
@@ -200,8 +206,10 @@ class AdaptivePolicy:
         self._idle_steps = [0] * count
         self._plans = {}
 
-    def _rate(self) -> RunningRate:
-        return RunningRate(self.prior_acceptance, self.prior_weight, self.decay)
+    def _rate(self, prior: float | None = None) -> RunningRate:
+        if prior is not None and not 0.0 <= float(prior) <= 1.0:
+            raise InputError(f"a prior acceptance must lie in [0, 1], got {prior!r}")
+        return RunningRate(self.prior_acceptance if prior is None else float(prior), self.prior_weight, self.decay)
 
     # -- observations ----------------------------------------------------------------------------------------
 

@@ -56,8 +56,14 @@ def export_distill(module, out_dir) -> Path:
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     merged_draft_lm(module).save_pretrained(out / "draft_lm")
-    _record(out, "distill", ["draft_lm"], {"target_cache": str(module.hparams.target_cache),
-                                           "visual_source": module.hparams.visual_source, "step": int(module.global_step)})
+    meta = {"target_cache": str(module.hparams.target_cache), "visual_source": module.hparams.visual_source,
+            "step": int(module.global_step)}
+    trainer = getattr(module, "_trainer", None)
+    metrics = trainer.callback_metrics if trainer is not None else {}
+    for name in ("val/acceptance", "val/top1"):  # the last validation's offline acceptance estimate, if any
+        if name in metrics:
+            meta[name.replace("/", "_")] = float(metrics[name])
+    _record(out, "distill", ["draft_lm"], meta)
     return out
 
 

@@ -254,3 +254,15 @@ def test_cli_links_the_cache_and_reads_yaml(tmp_path, dsec_root, dsec_cache):
     cli = run_stage("align", ["--config", str(config), "--trainer.default_root_dir", str(tmp_path)])
     assert cli.model.hparams.target_cache == str(dsec_cache) and cli.model.refiner is None
     assert cli.datamodule.hparams.task == "align" and cli.trainer.global_step == 1
+
+
+def test_distill_export_records_the_last_validation_acceptance(tmp_path, dsec_root, dsec_cache):
+    """export.json carries val/acceptance (a cascade level's prior_acceptance comes from it)."""
+    import json
+
+    module = distill_module(dsec_cache, export_dir=str(tmp_path / "export"))
+    dm = datamodule(dsec_cache, dsec_root, "distill", pad_id=3)
+    trainer(2, limit_train_batches=2).fit(module, dm)  # one epoch of 2 batches, then its validation
+    record = json.loads((tmp_path / "export" / "export.json").read_text())["pieces"]["draft_lm"]
+    assert record["val_acceptance"] == pytest.approx(float(module.trainer.callback_metrics["val/acceptance"]))
+    assert 0.0 < record["val_acceptance"] < 1.0 and 0.0 <= record["val_top1"] <= 1.0
