@@ -74,6 +74,8 @@ def assemble(cascade_dir: Path) -> dict:
             level["prior_acceptance"] = round(record["val_acceptance"], 3)
         levels.append(level)
     spec["levels"] = levels
+    # the world's answers run 7-17 tokens: a block of 8 covers most in the prefill's judgement alone
+    spec.setdefault("generation", {})["draft_k"] = 8
     spec["description"] = (
         "The demo cascade: a 2-frame VideoLlava trained on the synthetic world (demos/train_demo_target.py), "
         "verifying prompt-lookup drafts, an L1 event drafter and an L2 event + key-frame drafter "

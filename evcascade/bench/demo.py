@@ -276,7 +276,9 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
 
     world_config = WorldConfig(**(world or {}))
     answers: list[dict[str, Any]] = []
-    for scene_seed in scene_seeds(seed, scenes):
+    from tqdm import tqdm
+
+    for scene_seed in tqdm(scene_seeds(seed, scenes), desc="demo bench", unit="scene", file=sys.stderr):
         sample = make_world_sample(scene_seed, world_config)
         clip = load_clip(sample.events, sample.video, num_frames=cascade.num_frames)
         pixels = cascade.verifier.pixel_values(clip.video.frames)  # [1, T, 3, S, S]

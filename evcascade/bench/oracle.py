@@ -55,6 +55,10 @@ class OracleDrafter(Drafter):
         if self.cost_model is not None:
             self.cost_model.begin(context, sampling=sampling, generator=generator)
 
+    def prepare(self) -> None:
+        if self.cost_model is not None:
+            self.cost_model.prepare()
+
     def propose(self, generated: torch.LongTensor, k: int) -> Draft:
         if self.cost_model is not None:
             self.cost_model.propose(generated, k)  # the real cost of drafting k tokens; its tokens are discarded

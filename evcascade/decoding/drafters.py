@@ -93,6 +93,11 @@ class Drafter(abc.ABC):
               generator: torch.Generator | None = None) -> None:
         """Start a request; ``sampling`` and ``generator`` are the ones the target uses for this request."""
 
+    def prepare(self) -> None:
+        """The request's up-front work (e.g. a model level's prefill of its prompt and visual prefix). The engine
+        calls it just before the level's first ``propose`` or ``review`` of a request, so a level the policy
+        leaves out of a request costs nothing; a level must also prepare itself if called without it."""
+
     @abc.abstractmethod
     def propose(self, generated: torch.LongTensor, k: int) -> Draft:
         """Up to ``k`` tokens following ``prompt + generated`` (``generated [B, n]``: the answer so far)."""

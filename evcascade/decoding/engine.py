@@ -148,6 +148,8 @@ class _Step:
     """The final verification's rule (``accept`` unless the options opt into a lossy one)."""
     keep_draft_probs: bool = False
     """Hand the drafters' distributions to ``rule`` even when greedy (rules in ``lossy.NEEDS_DRAFT_PROBS``)."""
+    prepared: set[int] = field(default_factory=set)
+    """Levels whose ``prepare`` ran in this request."""
 
 
 class CascadeDecoder:
@@ -330,6 +332,7 @@ class CascadeDecoder:
     def _draft_segment(self, segment: DraftSegment, prefix: torch.LongTensor, step: _Step) -> Draft:
         """``segment.num_tokens`` (or fewer) drafts of one level after ``prefix``; probs padded to the target's V."""
         level = self.levels[segment.level]
+        self._prepare(segment.level, step)
         if segment.helper is None or not level.can_review:
             started = time.perf_counter()
             draft = self._timed(segment.level, step, level.propose, prefix, segment.num_tokens)
@@ -369,6 +372,13 @@ class CascadeDecoder:
         return Draft(token_ids, torch.cat(probs, dim=1) if keep_probs else None)
 
     # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _prepare(self, index: int, step: _Step) -> None:
+        """The level's up-front work, once per request, before its first draft: charged to its stats, not to the
+        policy's per-call cost estimates."""
+        if index not in step.prepared:
+            step.prepared.add(index)
+            self._timed(index, step, self.levels[index].prepare)
 
     def _timed(self, index: int, step: _Step, call, *args, **kwargs):
         started = time.perf_counter()

@@ -50,6 +50,7 @@ class ModelDrafter(Drafter):
         self._sampling, self._generator = GREEDY, None
         self._prompt: torch.LongTensor | None = None  # [B, L]
         self._prefix: torch.Tensor | None = None  # [B, Np, D]
+        self._unprepared: DraftContext | None = None  # the request whose prefix and prefill are still to do
         self._cache = None
         self._ids: torch.LongTensor | None = None  # [B, m] text ids whose keys/values are cached (after the prefix)
         self._proposal_start = 0  # len(prompt + generated) at the last propose/review
@@ -62,12 +63,21 @@ class ModelDrafter(Drafter):
               generator: torch.Generator | None = None) -> None:
         self._sampling, self._generator = sampling, generator
         self._prompt = context.prompt_ids.to(self.device, torch.long)
+        self._cache, self._ids, self._proposal_start, self._prefix = None, None, 0, None
+        self._unprepared = context  # the visual prefix and the prefill wait for prepare(): unused, they cost nothing
+
+    def prepare(self) -> None:
+        """Compute the visual prefix and prefill prompt + prefix (once per request; so that per-step costs
+        measure drafting only)."""
+        context, self._unprepared = self._unprepared, None
+        if context is None:
+            return
         self._prefix = self._prefix_of(context)
-        self._cache, self._ids, self._proposal_start = None, None, 0
         if self._prompt.shape[1] or self._prefix is not None:
-            self._logits_after(self._prompt)  # prefill now so that per-step costs measure drafting only
+            self._logits_after(self._prompt)
 
     def propose(self, generated: torch.LongTensor, k: int) -> Draft:
+        self.prepare()
         sequence = self._sequence(generated)
         if k <= 0:
             return Draft(sequence.new_zeros(sequence.shape[0], 0), None)
@@ -83,6 +93,7 @@ class ModelDrafter(Drafter):
         return Draft(torch.stack(ids, dim=1), torch.stack(dists, dim=1))  # [B, k], [B, k, V]
 
     def review(self, generated: torch.LongTensor, candidate_ids: torch.LongTensor) -> torch.Tensor:
+        self.prepare()
         sequence = self._sequence(generated)
         num_candidates = candidate_ids.shape[1]
         kept = self._crop_to_common_prefix(sequence)

@@ -123,6 +123,7 @@ class EventDrafterPrefix:
         self.encoder, self.alignment, self.refiner = encoder, alignment, refiner
         self.key_frame_encoder, self.draft_lm = key_frame_encoder, draft_lm
         self._memo: tuple[Any, torch.Tensor] | None = None
+        self._prefix_memo: tuple[tuple, torch.Tensor] | None = None  # (the inputs it came from, prefix)
 
     @property
     def uses_key_frame(self) -> bool:
@@ -166,11 +167,20 @@ class EventDrafterPrefix:
 
     @torch.no_grad()
     def __call__(self, context: "DraftContext") -> torch.Tensor | None:
-        """The prefix embeddings ``[1, Nv, D_lm]`` for a request, or None when it carries no events."""
+        """The prefix embeddings ``[1, Nv, D_lm]`` for a request, or None when it carries no events. The last
+        request's result is reused when the next one carries the same events (and video / key-frame features)
+        objects: every question about one clip pays the encoders once (the models are taken as frozen)."""
         if context.events is None:
             return None
+        inputs = (context.events, context.video, context.extras.get(KEY_FRAME_FEATURES)) if self.uses_key_frame \
+            else (context.events,)
+        if self._prefix_memo is not None and len(inputs) == len(self._prefix_memo[0]) \
+                and all(a is b for a, b in zip(inputs, self._prefix_memo[0])):
+            return self._prefix_memo[1]
         features = self.visual_features(context.events, self.key_frame_features(context))
-        return self.draft_lm.embed_visual(features)  # [1, Nv, D_lm]
+        prefix = self.draft_lm.embed_visual(features)  # [1, Nv, D_lm]
+        self._prefix_memo = (inputs, prefix)
+        return prefix
 
 
 def build_event_drafter_prefix(

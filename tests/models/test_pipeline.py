@@ -48,8 +48,11 @@ def test_l2_prefix_uses_the_key_frame(chain, target_config, video_llava):
     events, video = make_events(sensor_size=(32, 32)), make_video()
     context = DraftContext(prompt_ids=torch.tensor([[1, 5]]), events=events, video=video)
     torch.testing.assert_close(l2(context), l1(context))  # the refiner is the identity at init
+    assert l2(DraftContext(torch.tensor([[1, 7]]), events=events, video=video)) is l2(context)  # one clip: encoded once
     with torch.no_grad():
         refiner.gate.fill_(0.5)
+    events, video = make_events(sensor_size=(32, 32)), make_video()  # new objects: the memo keys on identity
+    context = DraftContext(prompt_ids=torch.tensor([[1, 5]]), events=events, video=video)
     refined = l2(context)
     assert refined.shape == l1(context).shape and not torch.allclose(refined, l1(context))
     features = key_frames(video.key_frame)
