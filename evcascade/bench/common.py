@@ -76,3 +76,34 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def add_held_out_world_args(parser, name: str, *, max_new_tokens: int, draft_k: int) -> None:
+    """The options of a benchmark that answers every question of held-out synthetic-world scenes with a cascade
+    (``demo``, ``lossy``): which cascade, which scenes, decoding length, machine, and where ``<name>.json`` /
+    ``<name>.png`` go."""
+    parser.add_argument("--model", default="bundled", help="cascade folder, preset or 'bundled'")
+    parser.add_argument("--scenes", type=int, default=20, help="held-out scenes")
+    parser.add_argument("--seed", type=int, default=9000, help="seed of the held-out scene seeds")
+    parser.add_argument("--questions", type=int, help="first N questions per scene (default: all)")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--draft-k", type=int, default=draft_k, help="most draft tokens per target forward")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--duration-us", type=int, help="scene length (default: the world's 1.5 s)")
+    parser.add_argument("--out", default="bench_out", help=f"folder for {name}.json and {name}.png")
+
+
+def fresh_levels(levels):
+    """A cascade's levels with a new n-gram memory each (model levels keep no state across requests), so one
+    configuration never drafts from another's answers to the same questions."""
+    from evcascade.decoding.ngram import NGramDrafter
+
+    def fresh(level):
+        if not isinstance(level, NGramDrafter):
+            return level
+        new = NGramDrafter(name=level.name, max_ngram=level.max_ngram, min_ngram=level.min_ngram)
+        new.prior_acceptance = level.prior_acceptance
+        return new
+
+    return [fresh(level) for level in levels]

@@ -55,9 +55,9 @@ from typing import Any
 
 import torch
 
-from evcascade.bench.common import environment_info, format_table, write_json
+from evcascade.bench.common import (add_held_out_world_args, environment_info, format_table, fresh_levels,
+                                    write_json)
 from evcascade.bench.engine import conditional_acceptance, hf_run, measure_costs
-from evcascade.bench.lossy import _fresh_levels
 from evcascade.bench.replay import ReplayDrafter, teacher_forced_hits
 from evcascade.errors import InputError
 
@@ -205,7 +205,7 @@ class OursRow:
 
 
 def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None = None, max_new_tokens: int = 48,
-                  draft_k: int = 5, twin_hidden: int = 1024, twin_layers: int = 8, twin: bool = True,
+                  draft_k: int = 8, twin_hidden: int = 1024, twin_layers: int = 8, twin: bool = True,
                   device: str = "cpu", world: dict | None = None) -> dict[str, Any]:
     """Answer every question of ``scenes`` held-out scenes with every row; the report as a dict."""
     from evcascade.cascade import Cascade
@@ -245,7 +245,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
     full_row = "ours: full cascade"
 
     def levels_for(wanted: tuple[str, ...]) -> list:
-        fresh = _fresh_levels(cascade.levels)  # a new n-gram memory per row
+        fresh = fresh_levels(cascade.levels)  # a new n-gram memory per row
         if wanted == ("all",):
             return fresh
         picked = [getattr(roles, role) for role in wanted]
@@ -269,7 +269,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
             twin_rows.append("twin: n-gram + L1 replayed")
         totals.update({name: RowTotals(name, TWIN) for name in twin_rows})
         twin_policies = {name: AdaptivePolicy() for name in twin_rows if "replayed" in name}
-        twin_cost_levels = _fresh_levels(cascade.levels)  # the real levels that pay the replayed drafts' cost
+        twin_cost_levels = fresh_levels(cascade.levels)  # the real levels that pay the replayed drafts' cost
     twin_costs = None
     teacher_forced: dict[str, list[int]] = {}  # level -> [hits, positions] after the first answer token
     vocab_size = int(target.get_output_embeddings().weight.shape[0])
@@ -501,19 +501,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m evcascade.bench demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="bundled", help="cascade folder, preset or 'bundled'")
-    parser.add_argument("--scenes", type=int, default=20, help="held-out scenes")
-    parser.add_argument("--seed", type=int, default=9000, help="seed of the held-out scene seeds (and the twin)")
-    parser.add_argument("--questions", type=int, help="first N questions per scene (default: all)")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--draft-k", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    add_held_out_world_args(parser, "demo", max_new_tokens=48, draft_k=8)
     parser.add_argument("--twin-hidden", type=int, default=1024, help="cost twin's text hidden size")
     parser.add_argument("--twin-layers", type=int, default=8, help="cost twin's text layers")
     parser.add_argument("--no-twin", action="store_true", help="skip the cost-twin rows")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--duration-us", type=int, help="scene length (default: the world's 1.5 s)")
-    parser.add_argument("--out", default="bench_out", help="folder for demo.json and demo.png")
     return parser.parse_args(argv)
 
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from evcascade.bench.common import environment_info, format_table, write_json
+from evcascade.bench.common import (add_held_out_world_args, environment_info, format_table, fresh_levels,
+                                    write_json)
 from evcascade.errors import InputError
 
 DEFAULT_RULES = ("lossy_sps", "token_v1", "token_v2", "token_v3", "typical", "fuzzy", "modality")
@@ -90,14 +91,6 @@ def _event_prefix(cascade):
     return None
 
 
-def _fresh_levels(levels):
-    """The cascade's levels with a new n-gram memory (model drafters keep no state across requests)."""
-    from evcascade.decoding.ngram import NGramDrafter
-
-    return [NGramDrafter(name=level.name, max_ngram=level.max_ngram, min_ngram=level.min_ngram)
-            if isinstance(level, NGramDrafter) else level for level in levels]
-
-
 def run_benchmark(model: str, *, scenes: int, seed: int, rules=DEFAULT_RULES, lenience=DEFAULT_LENIENCE,
                   questions: int | None = None, max_new_tokens: int = 40, draft_k: int = 5, adaptive: bool = True,
                   device: str = "cpu", world: dict | None = None) -> dict[str, Any]:
@@ -125,7 +118,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, rules=DEFAULT_RULES, le
         skipped["modality"] = "the cascade has no event drafter level with an alignment: no agreement map"
         rules = tuple(r for r in rules if r != "modality")
     configs = [("target", 0.0), ("lossless", 0.0)] + [(r, float(v)) for r in rules for v in lenience]
-    decoders = {c: CascadeDecoder(cascade.verifier, [] if c[0] == "target" else _fresh_levels(cascade.levels))
+    decoders = {c: CascadeDecoder(cascade.verifier, [] if c[0] == "target" else fresh_levels(cascade.levels))
                 for c in configs}
     totals = {c: Totals() for c in configs}
     world_config = WorldConfig(**(world or {}))
@@ -164,7 +157,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, rules=DEFAULT_RULES, le
                 if not totals[config].answers:  # an untimed first answer: lazy initialisation is no rule's cost
                     decoders[config].generate(request, run_context, gen)
                     decoders[config] = CascadeDecoder(cascade.verifier, [] if name == "target" else
-                                                      _fresh_levels(cascade.levels))
+                                                      fresh_levels(cascade.levels))
                 result = decoders[config].generate(request, run_context, gen)
                 ids = result.token_ids[0].tolist()
                 if name == "target":
@@ -243,20 +236,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m evcascade.bench lossy", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="bundled", help="cascade folder, preset or 'bundled'")
-    parser.add_argument("--scenes", type=int, default=20, help="held-out scenes")
-    parser.add_argument("--seed", type=int, default=9000, help="seed of the held-out scene seeds")
-    parser.add_argument("--questions", type=int, help="first N questions per scene (default: all)")
+    add_held_out_world_args(parser, "lossy", max_new_tokens=40, draft_k=5)
     parser.add_argument("--rules", default=",".join(DEFAULT_RULES), help="comma-separated lossy rules")
     parser.add_argument("--lenience", default=",".join(f"{v:g}" for v in DEFAULT_LENIENCE),
                         help="comma-separated lenience values in [0, 1]")
-    parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--draft-k", type=int, default=5)
     parser.add_argument("--static", action="store_true", help="static cascade with --draft-k (default: adaptive)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--duration-us", type=int, help="scene length (default: the world's 1.5 s)")
-    parser.add_argument("--out", default="bench_out", help="folder for lossy.json and lossy.png")
     return parser.parse_args(argv)
 
 

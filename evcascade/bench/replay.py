@@ -87,6 +87,7 @@ class ReplayDrafter(OracleDrafter):
                              f"got {None if hits is None else len(hits)}")
         self.hits = None if hits is None else [bool(hit) for hit in hits]
         self.level_context = level_context
+        self.prior_acceptance = getattr(level, "prior_acceptance", None)  # the policy starts where the real one did
         self.level_answer = None if level_answer is None else torch.tensor([list(level_answer)], dtype=torch.long)
 
     def begin(self, context: DraftContext, **kwargs) -> None:
