@@ -82,9 +82,9 @@ def token_agreement(ids: list[int], reference: list[int]) -> float:
     return sum(a == b for a, b in zip(ids, reference)) / longest if longest else 1.0
 
 
-def _event_prefix(cascade):
-    """The prefix function of the cascade's first event-drafter level with an alignment (None if there is none)."""
-    for level in cascade.levels:
+def _event_prefix(levels):
+    """The prefix function of the first event-drafter level with an alignment (None if there is none)."""
+    for level in levels:
         prefix = getattr(level, "prefix_fn", None)
         if getattr(prefix, "alignment", None) is not None:
             return prefix
@@ -93,8 +93,9 @@ def _event_prefix(cascade):
 
 def run_benchmark(model: str, *, scenes: int, seed: int, rules=DEFAULT_RULES, lenience=DEFAULT_LENIENCE,
                   questions: int | None = None, max_new_tokens: int = 40, draft_k: int = 5, adaptive: bool = True,
-                  device: str = "cpu", world: dict | None = None) -> dict[str, Any]:
-    """Answer every question of ``scenes`` held-out scenes with every configuration; the report as a dict."""
+                  device: str = "cpu", world: dict | None = None, levels: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Answer every question of ``scenes`` held-out scenes with every configuration; the report as a dict.
+    ``levels`` names the cascade levels that draft (default: all)."""
     from evcascade.cascade import Cascade
     from evcascade.clip import load_clip
     from evcascade.data.world import WorldConfig, make_world_sample, scene_seeds
@@ -112,13 +113,19 @@ def run_benchmark(model: str, *, scenes: int, seed: int, rules=DEFAULT_RULES, le
     if scenes < 1:
         raise InputError(f"--scenes must be >= 1, got {scenes}")
     cascade = Cascade.from_pretrained(model, device=device)
-    prefix = _event_prefix(cascade)
+    if levels:
+        known = [level.name for level in cascade.levels]
+        unknown = [name for name in levels if name not in known]
+        if unknown:
+            raise InputError(f"--levels: {unknown} not in the cascade's levels {known}")
+    drafting = [level for level in cascade.levels if not levels or level.name in levels]
+    prefix = _event_prefix(drafting)
     skipped = {}
     if prefix is None and "modality" in rules:
         skipped["modality"] = "the cascade has no event drafter level with an alignment: no agreement map"
         rules = tuple(r for r in rules if r != "modality")
     configs = [("target", 0.0), ("lossless", 0.0)] + [(r, float(v)) for r in rules for v in lenience]
-    decoders = {c: CascadeDecoder(cascade.verifier, [] if c[0] == "target" else fresh_levels(cascade.levels))
+    decoders = {c: CascadeDecoder(cascade.verifier, [] if c[0] == "target" else fresh_levels(drafting))
                 for c in configs}
     totals = {c: Totals() for c in configs}
     world_config = WorldConfig(**(world or {}))
@@ -157,7 +164,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, rules=DEFAULT_RULES, le
                 if not totals[config].answers:  # an untimed first answer: lazy initialisation is no rule's cost
                     decoders[config].generate(request, run_context, gen)
                     decoders[config] = CascadeDecoder(cascade.verifier, [] if name == "target" else
-                                                      fresh_levels(cascade.levels))
+                                                      fresh_levels(drafting))
                 result = decoders[config].generate(request, run_context, gen)
                 ids = result.token_ids[0].tolist()
                 if name == "target":
@@ -178,6 +185,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, rules=DEFAULT_RULES, le
         "benchmark": "lossy", "model": model, "cascade": repr(cascade), "environment": environment_info(device),
         "config": {"scenes": scenes, "seed": seed, "rules": list(rules), "lenience": list(lenience),
                    "questions_per_scene": questions, "max_new_tokens": max_new_tokens, "draft_k": draft_k,
+                   "levels": [level.name for level in drafting],
                    "adaptive": adaptive,
                    "world": world or {}},
         "skipped": skipped,
@@ -241,6 +249,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--lenience", default=",".join(f"{v:g}" for v in DEFAULT_LENIENCE),
                         help="comma-separated lenience values in [0, 1]")
     parser.add_argument("--static", action="store_true", help="static cascade with --draft-k (default: adaptive)")
+    parser.add_argument("--levels", help="comma-separated level names to draft with (default: all the cascade's); "
+                                         "with --static, one level gives every rule the same plan, so tau compares rules")
     return parser.parse_args(argv)
 
 
@@ -260,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         report = run_benchmark(args.model, scenes=args.scenes, seed=args.seed,
                                rules=tuple(r.strip() for r in args.rules.split(",") if r.strip()),
                                lenience=lenience, questions=args.questions, max_new_tokens=args.max_new_tokens,
-                               draft_k=args.draft_k, adaptive=not args.static, device=args.device, world=world)
+                               draft_k=args.draft_k, adaptive=not args.static, device=args.device, world=world,
+                               levels=tuple(n.strip() for n in args.levels.split(",") if n.strip()) if args.levels else None)
     except InputError as error:
         print(f"evcascade.bench lossy: {error}", file=sys.stderr)
         return 2

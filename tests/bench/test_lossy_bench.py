@@ -68,3 +68,15 @@ def test_bad_arguments_are_usage_errors(tmp_path, capsys):
     assert bench.main(["--model", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "has no cascade.json" in capsys.readouterr().err
     assert bench.main(["--lenience", "x", "--out", str(tmp_path)]) == 2
+
+
+def test_levels_pick_the_drafting_levels_and_unknown_names_exit_2(report, capsys):
+    _, _, out = report
+    model = out.parent / "cascade"
+    args = ["--model", str(model), "--scenes", "1", "--questions", "1", "--rules", "token_v3", "--lenience", "0",
+            "--max-new-tokens", "4", "--static", "--duration-us", "400000", "--out", str(out.parent / "one")]
+    assert bench.main([*args, "--levels", "events"]) == 0
+    payload = json.loads((out.parent / "one" / "lossy.json").read_text())
+    assert payload["config"]["levels"] == ["events"] and payload["rows"][1]["exact_match"] == 1.0
+    assert bench.main([*args, "--levels", "nope"]) == 2
+    assert "'nope'" in capsys.readouterr().err
