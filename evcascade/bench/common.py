@@ -107,3 +107,22 @@ def fresh_levels(levels):
         return new
 
     return [fresh(level) for level in levels]
+
+
+def save_report(out_dir: str | Path, name: str, report: dict[str, Any], plot) -> Path:
+    """``<out_dir>/<name>.json`` and, drawn by ``plot(report, path)``, ``<name>.png``; says where; the JSON path."""
+    path = write_json(out_dir, name, report)
+    plot(report, path.with_suffix(".png"))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return path
+
+
+def mismatch_exit_code(report: dict[str, Any], reference: str) -> int:
+    """1 (and a line on stderr naming the rows) when a row's output differs from ``reference``'s, else 0."""
+    import sys
+
+    if report["outputs_identical"]:
+        return 0
+    bad = [r["row"] for r in report["rows"] if not r["identical"]]
+    print(f"OUTPUT MISMATCH: {bad} differ from {reference}", file=sys.stderr)
+    return 1

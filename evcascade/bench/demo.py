@@ -56,7 +56,7 @@ from typing import Any
 import torch
 
 from evcascade.bench.common import (add_held_out_world_args, environment_info, format_table, fresh_levels,
-                                    write_json)
+                                    mismatch_exit_code, save_report)
 from evcascade.bench.engine import conditional_acceptance, hf_run, measure_costs
 from evcascade.bench.replay import ReplayDrafter, teacher_forced_hits
 from evcascade.errors import InputError
@@ -522,14 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evcascade.bench demo: {error}", file=sys.stderr)
         return 2
     print(format_report(report))
-    path = write_json(args.out, "demo", report)
-    plot(report, path.with_suffix(".png"))
-    print(f"wrote {path} and {path.with_suffix('.png')}")
-    if not report["outputs_identical"]:
-        bad = [r["row"] for r in report["rows"] if not r["identical"]]
-        print(f"OUTPUT MISMATCH: {bad} differ from their reference's greedy answer", file=sys.stderr)
-        return 1
-    return 0
+    save_report(args.out, "demo", report, plot)
+    return mismatch_exit_code(report, "their reference's greedy answer")
 
 
 if __name__ == "__main__":

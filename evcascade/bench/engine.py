@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import torch
 
-from evcascade.bench.common import environment_info, format_table, write_json
+from evcascade.bench.common import environment_info, format_table, mismatch_exit_code, save_report
 from evcascade.bench.oracle import OracleDrafter
 from evcascade.decoding.drafters import DraftContext
 from evcascade.decoding.engine import CascadeDecoder, GenerationOptions
@@ -578,12 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     report = run_benchmark(config)
     print(format_report(report))
     if out:
-        path = write_json(out, "engine", report)
-        plot(report, path.with_suffix(".png"))
-        print(f"wrote {path} and {path.with_suffix('.png')}")
-    if not report["outputs_identical"]:
-        bad = [r["row"] for r in report["rows"] if not r["identical"]]
-        print(f"OUTPUT MISMATCH: {bad} differ from HF generate's greedy answer", file=sys.stderr)
+        save_report(out, "engine", report, plot)
+    if mismatch_exit_code(report, "HF generate's greedy answer"):
         return 1
     if report.get("first_token") and not report["first_token"]["second_answer_identical_to_cold"]:
         print("OUTPUT MISMATCH: the second question's answer differs from a cold verifier's", file=sys.stderr)

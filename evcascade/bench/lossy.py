@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from evcascade.bench.common import (add_held_out_world_args, environment_info, format_table, fresh_levels,
-                                    write_json)
+                                    save_report)
 from evcascade.errors import InputError
 
 DEFAULT_RULES = ("lossy_sps", "token_v1", "token_v2", "token_v3", "typical", "fuzzy", "modality")
@@ -276,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evcascade.bench lossy: {error}", file=sys.stderr)
         return 2
     print(format_report(report))
-    path = write_json(args.out, "lossy", report)
-    plot(report, path.with_suffix(".png"))
-    print(f"wrote {path} and {path.with_suffix('.png')}")
+    save_report(args.out, "lossy", report, plot)
     return 0
 
 
