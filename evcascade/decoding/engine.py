@@ -10,7 +10,8 @@ One step, after the prefill has chosen the first token (the "pending" token, not
     verifier.rollback(k - n); drafters.accepted(..)   caches back to the accepted length
     new = draft[:n] + [next], cut at the first stop   EOS / max_new_tokens / stop strings, as generate does
 
-The prefill judges a first block too (``GenerationOptions.draft_in_prefill``, on by default): the levels draft
+The prefill judges a first block too (``GenerationOptions.draft_in_prefill``, on by default; the adaptive policy
+sizes it with ``plan_prefill``, where block length costs drafting time only): the levels draft
 after the prompt before the target has seen it, and the prefill's one forward over ``prompt + draft`` returns the
 rows that judge it (``Verifier.prefill_with_draft``). A short answer drafted right in one block then costs one
 target forward, not two (for the ~8-token answers of the demo world, tau can reach 8 instead of 4).
@@ -270,7 +271,8 @@ class CascadeDecoder:
         room = self._room(options, 0, cached=prompt_ids.shape[1])
         if options.draft_in_prefill and self.levels and room > 0 and self.verifier.drafts_in_prefill:
             step.segments = []
-            draft = self._draft_plan(self._plan(options, room), prompt_ids[:, :0], step)
+            plan = self.policy.plan_prefill(room) if options.adaptive else self._plan(options, room)
+            draft = self._draft_plan(plan, prompt_ids[:, :0], step)
             if draft.num_tokens:
                 target_logits = self.verifier.prefill_with_draft(request, draft.token_ids)  # [B, k+1, V]
                 step.stats.target_forwards += 1  # the prefill (stats.steps counts the verifies after it)

@@ -297,9 +297,38 @@ class AdaptivePolicy:
             self._idle_steps[level] = 0
         return chosen
 
-    def _best_plan(self, max_tokens: int) -> DraftPlan:
+    def plan_prefill(self, max_tokens: int) -> DraftPlan:
+        """The best first block, judged by the prefill's own forward (``draft_in_prefill``).
+
+        There the block rides along with the prompt, so its length adds almost nothing to the target's time: a
+        plan is worth the decode time it saves, ``(E[tokens] - 1) / R - C(plan)``, where R is the best decode
+        plan's expected rate (tokens per second) and C the drafting time; the empty plan (the prefill's own one
+        token) is worth 0. Longer blocks than in decoding pay here, most of all for short answers.
+        """
+        if max_tokens <= 0 or not self.can_review:
+            return DraftPlan()
+        key = ("prefill", max_tokens)
+        if key not in self._plans:
+            if max_tokens not in self._plans:
+                self._plans[max_tokens] = self._best_plan(max_tokens)
+            seconds_per_token = 1.0 / self.expected_rate(self._plans[max_tokens])  # the decode loop's, after it
+
+            def saving(plan: DraftPlan) -> float:
+                acceptances = [self.acceptance(s.level) for s in plan.segments for _ in range(s.num_tokens)]
+                drafting = sum(self.segment_seconds(s) for s in plan.segments)
+                return (expected_tokens(acceptances) - 1.0) * seconds_per_token - drafting
+
+            self._plans[key] = self._best_plan(max_tokens, saving)
+        chosen = self._plans[key]
+        for level in chosen.levels():
+            self._idle_steps[level] = 0
+        return chosen
+
+    def _best_plan(self, max_tokens: int, score=None) -> DraftPlan:
+        """The plan of at most ``max_tokens`` drafts with the highest ``score`` (default: ``expected_rate``)."""
+        score = score or self.expected_rate
         memo: dict[tuple[int, int], DraftSegment] = {}
-        best, best_rate = DraftPlan(), self.expected_rate(DraftPlan())
+        best, best_score = DraftPlan(), score(DraftPlan())
         for level in range(len(self.can_review)):
             for k in range(1, max_tokens + 1):
                 first = self._best_segment(level, k, memo)
@@ -308,9 +337,9 @@ class AdaptivePolicy:
                     candidates += [DraftPlan((first, self._best_segment(cheaper, k2, memo)))
                                    for cheaper in range(level) for k2 in range(1, max_tokens - k + 1)]
                 for plan in candidates:
-                    rate = self.expected_rate(plan)
-                    if rate > best_rate:
-                        best, best_rate = plan, rate
+                    value = score(plan)
+                    if value > best_score:
+                        best, best_score = plan, value
         return best
 
     def _best_segment(self, level: int, num_tokens: int, memo: dict[tuple[int, int], DraftSegment]) -> DraftSegment:

@@ -127,3 +127,25 @@ def test_bind_keeps_estimates_for_the_same_cascade():
     assert policy.acceptance(0) == before
     policy.bind([False, True])
     assert policy.acceptance(0) == pytest.approx(0.5)
+
+
+def test_prefill_plan_drafts_longer_than_decoding_where_the_verify_cost_grows():
+    """In the prefill a block rides along with the prompt: its length costs drafting time only, so the first
+    block is longer than a decode block that pays a steep verify cost; a level that is never right drafts nothing."""
+    policy = AdaptivePolicy()
+    policy.bind([False, False])
+    for _ in range(30):
+        for n in range(1, 10):
+            policy.observe_verify(n, 0.010 * (1 + n))  # T_v(n) grows fast with n (as on a busy CPU)
+        policy.observe_draft(0, 4, 0.004)
+        policy.observe_target(0, 0, 1)  # level 0 is never right
+        policy.observe_draft(1, 4, 0.002)  # level 1: 0.5 ms a token, right 9 times in 10
+        policy.observe_target(1, 9, 10)
+    decode, first = policy.plan(8), policy.plan_prefill(8)
+    assert {s.level for s in first.segments} == {1} and first.num_tokens == 8
+    assert 0 < decode.num_tokens < first.num_tokens
+    never = AdaptivePolicy()
+    never.bind([False])
+    for _ in range(30):
+        never.observe_verify(1, 0.010), never.observe_draft(0, 4, 0.004), never.observe_target(0, 0, 1)
+    assert never.plan_prefill(8).num_tokens == 0
