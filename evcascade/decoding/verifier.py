@@ -176,6 +176,16 @@ class _KVCacheVerifier(Verifier):
 
     drafts_in_prefill = True
 
+    def prefill(self, request: VerifyRequest) -> torch.Tensor:
+        return self._prefill(request, None)[:, 0]  # [B, V]
+
+    def prefill_with_draft(self, request: VerifyRequest, draft_ids: torch.LongTensor) -> torch.Tensor:
+        return self._prefill(request, draft_ids)  # [B, k+1, V]
+
+    @abc.abstractmethod
+    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None) -> torch.Tensor:
+        """Start the request with ``draft_ids [B, k]`` (None: k = 0) after the prompt; logits ``[B, k+1, V]``."""
+
     def _forward(self, cache, *, keep: int | None = None, **inputs) -> tuple[torch.Tensor, Any]:
         """One forward appending to ``cache`` (None starts one); float32 logits of the last ``keep`` positions
         (all when None) ``[B, n or keep, V]`` and the cache."""
@@ -258,12 +268,6 @@ class CausalLMVerifier(_KVCacheVerifier):
         from transformers import AutoModelForCausalLM
 
         return cls(_load(AutoModelForCausalLM, id_or_path, device, dtype, **kwargs))
-
-    def prefill(self, request: VerifyRequest) -> torch.Tensor:
-        return self._prefill(request, None)[:, 0]  # [B, V]
-
-    def prefill_with_draft(self, request: VerifyRequest, draft_ids: torch.LongTensor) -> torch.Tensor:
-        return self._prefill(request, draft_ids)  # [B, k+1, V]
 
     def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None) -> torch.Tensor:
         self._begin()
@@ -351,12 +355,6 @@ class VideoLlavaVerifier(_KVCacheVerifier):
         if pixels.shape[0] != 1:
             raise InputError(f"only batch size 1 is supported, pixel_values_videos has B={pixels.shape[0]}")
         return pixels.to(device=self.device, dtype=self.dtype)
-
-    def prefill(self, request: VerifyRequest) -> torch.Tensor:
-        return self._prefill(request, None)[:, 0]  # [B, V]
-
-    def prefill_with_draft(self, request: VerifyRequest, draft_ids: torch.LongTensor) -> torch.Tensor:
-        return self._prefill(request, draft_ids)  # [B, k+1, V]
 
     def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None) -> torch.Tensor:
         """Both prefills: the clip's prefix from the caches, then prompt suffix + draft in one forward."""
