@@ -22,7 +22,8 @@ level L sped up vertically by a lower level H proposing m tokens per review roun
 where b is H's acceptance under L's own check and R_L(m) the time of L's review forward (recursively, H may
 have a helper). With T_v = 1 and one segment at C = k c this is the EWIF above. The policy picks the plan with
 the highest E[tokens] / time; the empty plan (plain decoding, rate 1 / T_v(1)) competes too, so a level that
-does not pay for itself is left out. Acceptances are exponential moving averages of successes / trials; a
+does not pay for itself is left out. The first block, judged by the prefill itself (``plan_prefill``), is scored
+by the decode time it saves instead: there its length costs drafting time only. Acceptances are exponential moving averages of successes / trials; a
 level left out for ``explore_every`` steps is tried once with the longest draft allowed, so its acceptance
 estimate can recover and the verify-cost fit sees the whole range of lengths.
 """
