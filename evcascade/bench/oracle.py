@@ -62,13 +62,18 @@ class OracleDrafter(Drafter):
     def propose(self, generated: torch.LongTensor, k: int) -> Draft:
         if self.cost_model is not None:
             self.cost_model.propose(generated, k)  # the real cost of drafting k tokens; its tokens are discarded
+        hits = [self._rng.random() < self.acceptance for _ in range(k)]
+        return self._block(generated, hits)
+
+    def _block(self, generated: torch.LongTensor, hits: list[bool]) -> Draft:
+        """The draft after ``generated``: per position the reference token where ``hits`` says so, else a wrong
+        one (the next id); ``[1, len(hits)]``."""
         start = generated.shape[1]
         ids = []
-        for position in range(start, start + k):
+        for position, hit in enumerate(hits, start):
             right = self.reference[position] if position < len(self.reference) else 0
-            hit = self._rng.random() < self.acceptance
             ids.append(right if hit else (right + 1) % self.vocab_size)
-        return Draft(torch.tensor([ids], dtype=torch.long, device=generated.device), None)  # [1, k]
+        return Draft(torch.tensor([ids], dtype=torch.long, device=generated.device).view(1, -1), None)  # [1, k]
 
     def accepted(self, num_accepted: int, next_token: torch.LongTensor) -> None:
         if self.cost_model is not None:

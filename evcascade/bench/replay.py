@@ -105,8 +105,4 @@ class ReplayDrafter(OracleDrafter):
             if self.cost_model is not None:
                 self.cost_model.propose(generated, k)  # the real cost of drafting k tokens; its tokens are discarded
             bits = [position < len(self.hits) and self.hits[position] for position in range(start, start + k)]
-        ids = []
-        for position, hit in enumerate(bits, start):
-            right = self.reference[position] if position < len(self.reference) else 0
-            ids.append(right if hit else (right + 1) % self.vocab_size)
-        return Draft(torch.tensor([ids], dtype=torch.long, device=generated.device).view(1, -1), None)  # [1, k']
+        return self._block(generated, bits)  # [1, k']
