@@ -18,6 +18,13 @@ Reproduce the shipped drafters (on one core of a 2-core CPU, about an hour in al
 
 Stages whose output exists are skipped (the cache also resumes), so a run can be continued; ``--redo STAGE``
 runs a stage again. ``--align-steps`` / ``--distill-steps`` override the configs' ``trainer.max_steps``.
+
+The paraphrase world (``evcascade.data.questions``: the same scenes, a target that says each answer in any of its
+phrasings) is ``--variant paraphrase``: it fine-tunes the bundled target on every phrasing (video tower frozen),
+caches its answers, fine-tunes the bundled L1 and L2 draft LMs on them (the bundled alignment is reused: the video
+features did not change) and assembles a second cascade::
+
+    python demos/train_demo_drafters.py --variant paraphrase --cascade runs/paraphrase/cascade
 """
 
 from __future__ import annotations
@@ -30,13 +37,34 @@ from pathlib import Path
 
 import yaml
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
-STAGES = ("world", "cache", "align", "distill_events", "distill_frame", "assemble")
-LEVELS = {  # level name -> (distill config, the align pieces it uses)
-    "events": ("distill_demo_events.yaml", ("event_encoder", "alignment")),
-    "events_frame": ("distill_demo_frame.yaml", ("event_encoder", "alignment", "frame_refiner")),
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "train"
+STAGES = ("world", "target", "cache", "align", "distill_events", "distill_frame", "assemble")
+PIECES = {  # level name -> the align pieces it uses
+    "events": ("event_encoder", "alignment"),
+    "events_frame": ("event_encoder", "alignment", "frame_refiner"),
 }
 DISTILL_STAGES = {"distill_events": "events", "distill_frame": "events_frame"}  # stage -> level it trains
+BUNDLED_TARGET = ROOT / "evcascade" / "assets" / "demo_cascade" / "target"
+VARIANTS = {  # configs per variant: cache, align (None: the distill configs' align_dir exists already), distills
+    "demo": {"cache": "cache_demo.yaml", "align": "align_demo.yaml",
+             "levels": {"events": "distill_demo_events.yaml", "events_frame": "distill_demo_frame.yaml"},
+             "description": "The demo cascade: a 2-frame VideoLlava trained on the synthetic world "
+                            "(demos/train_demo_target.py), verifying prompt-lookup drafts, an L1 event drafter and "
+                            "an L2 event + key-frame drafter (demos/train_demo_drafters.py)."},
+    "paraphrase": {"cache": "cache_paraphrase.yaml", "align": None,
+                   "levels": {"events": "distill_paraphrase_events.yaml",
+                              "events_frame": "distill_paraphrase_frame.yaml"},
+                   "description": "The paraphrase-world cascade: the demo target fine-tuned to say each answer in "
+                                  "any of its phrasings (evcascade.data.questions), verifying prompt-lookup drafts "
+                                  "and the demo L1 / L2 drafters fine-tuned on its answers "
+                                  "(demos/train_demo_drafters.py --variant paraphrase)."},
+}
+PARAPHRASE_TARGET_ARGS = (  # the fine-tune of the bundled target (demos/train_demo_target.py's docstring)
+    "--init", str(BUNDLED_TARGET), "--freeze-vision", "--phrasing", "uniform", "--vision-warmup-fraction", "0",
+    "--curriculum-fraction", "0", "--vision-weight", "0", "--scene-weight", "0", "--lr", "5e-4",
+    "--warmup-steps", "50", "--train-scenes", "4000", "--no-mp4-eval", "--minutes", "12",
+)
 
 
 def _config(name: str) -> dict:
@@ -53,19 +81,21 @@ def _train(stage: str, config: str, max_steps: int | None) -> None:
         raise SystemExit(f"`python -m evcascade.train {' '.join(args)}` failed")
 
 
-def assemble(cascade_dir: Path) -> dict:
+def assemble(cascade_dir: Path, variant: str = "demo") -> dict:
     """Copy each level's pieces (align export + its distilled draft LM) into ``cascade_dir/levels/<name>`` and
-    write ``cascade.json`` with the n-gram level first, then L1 and L2."""
-    align_export = Path(_config("align_demo.yaml")["model"]["export_dir"])
+    write ``cascade.json`` (a new one if there is none) with the n-gram level first, then L1 and L2."""
     spec_path = cascade_dir / "cascade.json"
-    spec = json.loads(spec_path.read_text())
+    spec = (json.loads(spec_path.read_text()) if spec_path.is_file() else
+            {"format": "evcascade.cascade", "version": 1, "name": cascade_dir.name, "target": "target",
+             "generation": {"max_new_tokens": 48}})
     levels = [{"type": "ngram", "name": "ngram"}]
-    for name, (config, pieces) in LEVELS.items():
-        distill_export = Path(_config(config)["model"]["export_dir"])
+    for name, config in VARIANTS[variant]["levels"].items():
+        model = _config(config)["model"]
+        distill_export, align_export = Path(model["export_dir"]), Path(model["align_dir"])
         folder = cascade_dir / "levels" / name
         if folder.exists():
             shutil.rmtree(folder)
-        for piece in pieces:
+        for piece in PIECES[name]:
             shutil.copytree(align_export / piece, folder / piece)
         shutil.copytree(distill_export / "draft_lm", folder / "draft_lm")
         level = {"type": "event_drafter", "name": name, "path": f"levels/{name}"}
@@ -76,10 +106,7 @@ def assemble(cascade_dir: Path) -> dict:
     spec["levels"] = levels
     # the world's answers run 7-17 tokens: a block of 8 covers most in the prefill's judgement alone
     spec.setdefault("generation", {})["draft_k"] = 8
-    spec["description"] = (
-        "The demo cascade: a 2-frame VideoLlava trained on the synthetic world (demos/train_demo_target.py), "
-        "verifying prompt-lookup drafts, an L1 event drafter and an L2 event + key-frame drafter "
-        "(demos/train_demo_drafters.py).")
+    spec["description"] = VARIANTS[variant]["description"]
     spec_path.write_text(json.dumps(spec, indent=2) + "\n")
     return spec
 
@@ -88,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cascade", type=Path, default=Path("evcascade/assets/demo_cascade"),
                         help="the cascade folder whose target the drafters imitate (levels are written into it)")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="demo",
+                        help="demo: the bundled cascade's drafters; paraphrase: the paraphrase world's cascade")
     parser.add_argument("--world-scenes", type=int, default=2000, help="training scenes, if the world is missing")
     parser.add_argument("--align-steps", type=int, help="override align_demo.yaml's trainer.max_steps")
     parser.add_argument("--distill-steps", type=int, help="override the distill configs' trainer.max_steps")
@@ -95,13 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", choices=STAGES, help="run only these stages")
     args = parser.parse_args(argv)
 
-    cache = _config("cache_demo.yaml")
-    manifest = Path(cache["manifest"])
+    variant = VARIANTS[args.variant]
+    manifest = Path(_config(variant["cache"])["manifest"])
     done = {
         "world": manifest.is_file(),
+        # the demo variant's target is trained by demos/train_demo_target.py; the paraphrase one is fine-tuned here
+        "target": args.variant == "demo" or (args.cascade / "target" / "config.json").is_file(),
         "cache": False,  # resumable: a finished cache is a quick no-op
-        "align": (Path(_config("align_demo.yaml")["model"]["export_dir"]) / "alignment").is_dir(),
-        **{stage: (Path(_config(LEVELS[level][0])["model"]["export_dir"]) / "draft_lm").is_dir()
+        "align": variant["align"] is None or (Path(_config(variant["align"])["model"]["export_dir"]) / "alignment").is_dir(),
+        **{stage: (Path(_config(variant["levels"][level])["model"]["export_dir"]) / "draft_lm").is_dir()
            for stage, level in DISTILL_STAGES.items()},
         "assemble": False,
     }
@@ -115,18 +146,25 @@ def main(argv: list[str] | None = None) -> int:
             from evcascade.data.world import WorldConfig
 
             write_world(manifest.parent, args.world_scenes, 0, WorldConfig(), progress=True)
+        elif stage == "target":
+            import subprocess
+
+            command = [sys.executable, str(ROOT / "demos" / "train_demo_target.py"), *PARAPHRASE_TARGET_ARGS,
+                       "--out", str(args.cascade / "target")]
+            if subprocess.run(command).returncode != 0:
+                raise SystemExit(f"`{' '.join(command)}` failed")
         elif stage == "cache":
             from evcascade.train.cli import main as train_main
 
-            if train_main(["cache", "--config", str(CONFIGS / "cache_demo.yaml"),
+            if train_main(["cache", "--config", str(CONFIGS / variant["cache"]),
                            f"--target={args.cascade / 'target'}"]) != 0:
                 raise SystemExit("the cache stage failed")
         elif stage == "align":
-            _train("align", "align_demo.yaml", args.align_steps)
+            _train("align", variant["align"], args.align_steps)
         elif stage in DISTILL_STAGES:
-            _train("distill", LEVELS[DISTILL_STAGES[stage]][0], args.distill_steps)
+            _train("distill", variant["levels"][DISTILL_STAGES[stage]], args.distill_steps)
         else:
-            spec = assemble(args.cascade)
+            spec = assemble(args.cascade, args.variant)
             print(f"wrote {args.cascade / 'cascade.json'}: levels {[level['name'] for level in spec['levels']]}")
     return 0
 

@@ -7,6 +7,13 @@ Reproduce the shipped target (``evcascade/assets/demo_cascade/target`` + ``targe
 (shipped: 15 404 steps in 55 min on one busy core of a 2-core CPU; exact match >= 0.997 for every question
 kind on 2 391 questions about 300 held-out scenes, the same on those clips written as mp4 and decoded)
 
+The paraphrase-world target (``evcascade.data.questions``) is the shipped one fine-tuned on every phrasing of
+every answer, its video tower and projector frozen (so the drafters' alignment to its video features still holds)::
+
+    python demos/train_demo_target.py --init evcascade/assets/demo_cascade/target --freeze-vision \
+        --phrasing uniform --vision-warmup-fraction 0 --curriculum-fraction 0 --vision-weight 0 --scene-weight 0 \
+        --lr 5e-4 --warmup-steps 50 --train-scenes 4000 --no-mp4-eval --minutes 12 --out runs/paraphrase/target
+
 What it does: render a pool of training scenes (cached under ``--cache-dir``), train the VideoLlava with
 the scene-graph recipe of ``evcascade.demo.target`` for ``--minutes`` of wall time (a tqdm bar shows the
 losses), then answer every question of ``--eval-scenes`` held-out scenes (seeds disjoint from training)
@@ -55,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-mp4-eval", action="store_true",
                         help="skip the second evaluation on the held-out clips written as mp4 and decoded")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from this saved demo target (its sizes, not the size flags) instead of random weights")
+    parser.add_argument("--freeze-vision", action="store_true",
+                        help="train the language model only: video tower and projector stay as they are")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/evcascade_demo_cache"),
                         help="where rendered scene pools are cached")
     _add_dataclass_flags(parser, DemoTargetConfig)
@@ -77,6 +88,8 @@ def main(argv=None) -> dict:
         ExampleEncoder,
         RecipeConfig,
         build_demo_target,
+        demo_config_of,
+        load_demo_target,
         save_demo_target,
         train_target,
     )
@@ -99,7 +112,14 @@ def main(argv=None) -> dict:
                                     model_config.num_frames, progress=True)
 
     tokenizer = world_tokenizer()
-    model = build_demo_target(tokenizer, model_config, seed=args.seed)
+    if args.init is not None:
+        model = load_demo_target(args.init)
+        model_config = dataclasses.replace(model_config, **demo_config_of(model.config))
+    else:
+        model = build_demo_target(tokenizer, model_config, seed=args.seed)
+    if args.freeze_vision:
+        for module in (model.model.video_tower, model.model.image_tower, model.model.multi_modal_projector):
+            module.requires_grad_(False)
     heads = SceneGraphHeads(model_config.vision_hidden_size, model_config.text_hidden_size)
     encoder = ExampleEncoder(tokenizer, model.config)
     num_params = sum(p.numel() for p in model.parameters())
@@ -145,6 +165,8 @@ def main(argv=None) -> dict:
         "final_losses": summary["final_losses"],
         "eval_seconds": eval_seconds,
         "model_config": dataclasses.asdict(model_config),
+        "init": str(args.init) if args.init is not None else None,
+        "freeze_vision": args.freeze_vision,
         "recipe": dataclasses.asdict(recipe),
         "world_config": config_dict(world),
         "train_scenes": len(train_pool),

@@ -4,7 +4,8 @@ On held-out synthetic-world scenes (``--scenes N --seed S``, each made with ``ma
 of every scene is answered by the target alone (the reference), by the lossless cascade, and by the cascade with
 each rule at each lenience. Per (rule, lenience) row: tokens/s, tau, speedup over the lossless cascade, and the
 fidelity figures that always come with a lossy rule: exact-match rate and token agreement with the target's
-greedy answer, and the task accuracy on the scene graph's answers (also as a fraction of the target's own).
+greedy answer, and the task accuracy on the scene graph's answers (``QA.is_correct``: any phrasing of the right
+answer; also as a fraction of the target's own).
 Output: a table, ``lossy.json`` and ``lossy.png`` (one speed/fidelity curve per rule) under ``--out``.
 
 Every answer is greedy. Each configuration gets its own decoder (so adaptive policies do not learn from another
@@ -48,12 +49,12 @@ class Totals:
     correct: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, ids: list[int], text: str, stats, reference: list[int] | None, answer: str, extra_s: float = 0.0):
+    def add(self, ids: list[int], text: str, stats, reference: list[int] | None, qa, extra_s: float = 0.0):
         self.tokens += len(ids)
         self.forwards += stats.target_forwards
         self.seconds += stats.total_s + extra_s
         self.answers += 1
-        self.correct += int(text.strip() == answer)
+        self.correct += int(qa.is_correct(text))
         if reference is not None:
             self.exact += int(ids == reference)
             self.agreement += token_agreement(ids, reference)
@@ -169,7 +170,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, rules=DEFAULT_RULES, le
                 ids = result.token_ids[0].tolist()
                 if name == "target":
                     reference = ids
-                totals[config].add(ids, result.text or "", result.stats, reference, qa.answer, extra_s)
+                totals[config].add(ids, result.text or "", result.stats, reference, qa, extra_s)
     target_row = totals[("target", 0.0)].row(None, None)
     lossless_row = totals[("lossless", 0.0)].row(None, None)
     target_accuracy = target_row["accuracy"]

@@ -13,6 +13,15 @@ colour is only ever in answers. Lists of objects follow the fixed order of ``SHA
   suffice (what moves, which way, which is faster, does the camera move);
 - ``"frame+time"``: both (the caption).
 
+**Phrasings: the paraphrase world.** Each answer also comes as ``QA.segments``, the same facts in other words
+(``moves to the left`` / ``moves left`` / ``is moving to the left`` / ``is moving left``; ``there are two objects``
+/ ``two objects`` / ``there are two``), all from the same vocabulary. The bundled demo target was trained on the
+canonical phrasing (``QA.answer``) only, so it is near-certain on every token, like no real video-language model:
+nothing a lossy acceptance rule could ever trade. A target trained on phrasings drawn uniformly
+(``RecipeConfig(phrasing="uniform")``; ``demos/train_demo_drafters.py --variant paraphrase``) hesitates between
+words that say the same thing and stays sure of the facts, which is what lossy rules are for; ``QA.is_correct``
+scores an answer in any phrasing, so task accuracy stays a measure of the facts.
+
 >>> from evcascade.data.world import Background, Scene, SceneObject
 >>> ball = SceneObject("circle", "red", "big", 10.0, 20.0, 30.0, direction="left", speed="fast")
 >>> scene = Scene(64, 64, 1_500_000, (ball,), Background((50.0, 50.0, 50.0), (0.0, 0.0)))
@@ -24,7 +33,12 @@ colour is only ever in answers. Lists of objects follow the fixed order of ``SHA
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from evcascade.data.world import COLOURS, DIRECTIONS, SHAPES, SIZES, Scene, SceneObject
 
@@ -32,47 +46,102 @@ _NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
 
 QUESTION_KINDS: tuple[str, ...] = ("caption", "moving", "direction", "colour", "count", "faster", "camera")
 
+Segments = tuple[tuple[str, ...], ...]
+"""An answer as a sequence of segments, each a tuple of interchangeable phrasings (the canonical one first)."""
+
 
 @dataclass(frozen=True)
 class QA:
-    """One question with its answer, its kind (one of ``QUESTION_KINDS``) and the input it needs."""
+    """One question with its answer, its kind (one of ``QUESTION_KINDS``) and the input it needs.
+
+    ``answer`` is the canonical phrasing (what the bundled demo target was trained on). ``segments`` spell the
+    answer's other correct phrasings, same content in other words (``moves to the left`` / ``is moving left``):
+    ``phrase`` draws one, ``is_correct`` accepts any of them. They make the paraphrase world, where a target
+    trained on every phrasing hesitates between words but not between facts (``evcascade.data.questions``).
+    """
 
     question: str
     answer: str
     kind: str
     needs: str  # "frame" | "time" | "frame+time"
+    segments: Segments = field(default=(), compare=False)
+    """Not serialised by ``to_dict`` (and not compared): ``qa_pairs(scene)`` rebuilds them from the scene."""
+
+    def __post_init__(self) -> None:
+        if self.segments and " ".join(seg[0] for seg in self.segments) != self.answer:
+            raise ValueError(f"the canonical phrasing of {self.segments!r} is not the answer {self.answer!r}")
 
     def to_dict(self) -> dict:
         return {"question": self.question, "answer": self.answer, "kind": self.kind, "needs": self.needs}
+
+    @property
+    def num_phrasings(self) -> int:
+        """How many distinct phrasings the answer has (1 without segments)."""
+        return math.prod(len(seg) for seg in self.segments) if self.segments else 1
+
+    def phrase(self, rng: np.random.Generator) -> str:
+        """One phrasing, each segment's alternative drawn uniformly."""
+        if not self.segments:
+            return self.answer
+        return " ".join(seg[int(rng.integers(len(seg)))] for seg in self.segments)
+
+    def is_correct(self, text: str) -> bool:
+        """Whether ``text`` (stripped) is one of the answer's phrasings: the task's accuracy, phrasing-blind.
+
+        >>> qa = QA("where does the star move ?", "the star moves up .", "direction", "time",
+        ...         (("the star",), ("moves up", "is moving up"), (".",)))
+        >>> qa.is_correct("the star is moving up ."), qa.is_correct("the star is moving down .")
+        (True, False)
+        """
+        text = " ".join(text.split())
+        if text == self.answer:
+            return True
+        return bool(self.segments) and _pattern(self.segments).fullmatch(text) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _pattern(segments: Segments) -> re.Pattern:
+    return re.compile(" ".join("(?:" + "|".join(re.escape(alt) for alt in seg) + ")" for seg in segments))
 
 
 def _canonical(objects) -> list[SceneObject]:
     return sorted(objects, key=lambda o: SHAPES.index(o.shape))
 
 
-def _motion_phrase(direction: str | None) -> str:
+def _motion_options(direction: str | None) -> tuple[str, ...]:
     if direction is None:
-        return "does not move"
-    return f"moves to the {direction}" if direction in ("left", "right") else f"moves {direction}"
+        return ("does not move", "is not moving")
+    if direction in ("left", "right"):
+        return (f"moves to the {direction}", f"moves {direction}", f"is moving to the {direction}",
+                f"is moving {direction}")
+    return (f"moves {direction}", f"is moving {direction}")
+
+
+def _motion_phrase(direction: str | None) -> str:
+    return _motion_options(direction)[0]
+
+
+def _caption_segments(scene: Scene) -> Segments:
+    segments: list[tuple[str, ...]] = []
+    for o in _canonical(scene.objects):
+        segments += [(f"the {o.size} {o.colour} {o.shape}",), _motion_options(o.direction), (".",)]
+    if scene.camera_direction is not None:
+        segments += [("the camera",), _motion_options(scene.camera_direction), (".",)]
+    return tuple(segments)
 
 
 def caption(scene: Scene) -> str:
     """One sentence per object (``the big red circle moves to the left .``), then the camera if it pans."""
-    sentences = [
-        f"the {o.size} {o.colour} {o.shape} {_motion_phrase(o.direction)} ." for o in _canonical(scene.objects)
-    ]
-    if scene.camera_direction is not None:
-        sentences.append(f"the camera {_motion_phrase(scene.camera_direction)} .")
-    return " ".join(sentences)
+    return " ".join(seg[0] for seg in _caption_segments(scene))
 
 
-def _moving_answer(scene: Scene) -> str:
+def _moving_segments(scene: Scene) -> Segments:
     names = [f"the {o.shape}" for o in _canonical(scene.moving_objects)]
     if not names:
-        return "no object is moving ."
+        return (("no object",), ("is moving", "moves"), (".",))
     if len(names) == 1:
-        return f"{names[0]} is moving ."
-    return f"{' , '.join(names[:-1])} and {names[-1]} are moving ."
+        return ((names[0],), ("is moving", "moves"), (".",))
+    return ((f"{' , '.join(names[:-1])} and {names[-1]}",), ("are moving", "move"), (".",))
 
 
 def _faster_pair(scene: Scene) -> tuple[SceneObject, SceneObject] | None:
@@ -83,29 +152,35 @@ def _faster_pair(scene: Scene) -> tuple[SceneObject, SceneObject] | None:
     return (moving[0], moving[1]) if moving[0].speed == "fast" else (moving[1], moving[0])
 
 
+def _qa(question: str, segments: Segments, kind: str, needs: str) -> QA:
+    return QA(question, " ".join(seg[0] for seg in segments), kind, needs, segments)
+
+
 def qa_pairs(scene: Scene) -> list[QA]:
     """All questions the scene answers unambiguously, in a fixed order: caption, moving, per object, count, ..."""
     pairs = [
-        QA("describe the video .", caption(scene), "caption", "frame+time"),
-        QA("what is moving ?", _moving_answer(scene), "moving", "time"),
+        _qa("describe the video .", _caption_segments(scene), "caption", "frame+time"),
+        _qa("what is moving ?", _moving_segments(scene), "moving", "time"),
     ]
     for obj in _canonical(scene.objects):
-        pairs.append(QA(f"where does the {obj.shape} move ?", f"the {obj.shape} {_motion_phrase(obj.direction)} .",
-                        "direction", "time"))
+        pairs.append(_qa(f"where does the {obj.shape} move ?",
+                         ((f"the {obj.shape}",), _motion_options(obj.direction), (".",)), "direction", "time"))
     for obj in _canonical(scene.objects):
-        subject = f"the moving {obj.shape}" if obj.moving else f"the {obj.shape}"
-        pairs.append(QA(f"what colour is {subject} ?", f"{subject} is {obj.colour} .", "colour", "frame"))
+        subjects = (f"the moving {obj.shape}", f"the {obj.shape}") if obj.moving else (f"the {obj.shape}",)
+        pairs.append(_qa(f"what colour is {subjects[0]} ?", (subjects, (f"is {obj.colour} .",)), "colour", "frame"))
     count = len(scene.objects)
-    count_answer = "there is one object ." if count == 1 else f"there are {_NUMBER_WORDS[count]} objects ."
-    pairs.append(QA("how many objects are there ?", count_answer, "count", "frame"))
+    count_options = (("there is one object", "one object") if count == 1 else
+                     (f"there are {_NUMBER_WORDS[count]} objects", f"{_NUMBER_WORDS[count]} objects",
+                      f"there are {_NUMBER_WORDS[count]}"))
+    pairs.append(_qa("how many objects are there ?", (count_options, (".",)), "count", "frame"))
     pair = _faster_pair(scene)
     if pair is not None:
         fast, slow = pair
-        answer = f"the {fast.shape} is faster than the {slow.shape} ."
-        pairs.append(QA("which object is faster ?", answer, "faster", "time"))
-    camera_answer = ("no , the camera does not move ." if scene.camera_direction is None
-                     else f"yes , the camera {_motion_phrase(scene.camera_direction)} .")
-    pairs.append(QA("does the camera move ?", camera_answer, "camera", "time"))
+        pairs.append(_qa("which object is faster ?", ((f"the {fast.shape}",), ("is faster", "moves faster"),
+                                                      (f"than the {slow.shape} .",)), "faster", "time"))
+    camera = ((("no , the camera",), _motion_options(None), (".",)) if scene.camera_direction is None
+              else (("yes , the camera",), _motion_options(scene.camera_direction), (".",)))
+    pairs.append(_qa("does the camera move ?", camera, "camera", "time"))
     return pairs
 
 

@@ -1,6 +1,7 @@
-"""Evaluation of the demo target: exact match of greedy ``generate`` answers, per question kind.
+"""Evaluation of the demo target: accuracy of greedy ``generate`` answers, per question kind.
 
-Answers in the world are short fixed phrases, so exact match (after decoding and stripping) is the metric.
+Answers in the world are short fixed phrases, so the metric is exact match (after decoding and stripping) with
+one of the answer's phrasings (``QA.is_correct``: the canonical one, or a paraphrase saying the same thing).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def evaluate_target(model, encoder: ExampleEncoder, pool: ScenePool, *, max_new_tokens: int = 40,
                     batch_size: int = 64) -> tuple[dict, list[dict]]:
-    """Exact match of greedy ``generate`` answers per question kind on every question of every scene in ``pool``.
+    """Accuracy of greedy ``generate`` answers per question kind on every question of every scene in ``pool``.
 
     Returns ``({kind: {"accuracy", "correct", "total"}, ..., "mean": ...}, records)``; prompts with the same
     question have the same length, so each batch needs no padding.
@@ -43,7 +44,7 @@ def evaluate_target(model, encoder: ExampleEncoder, pool: ScenePool, *, max_new_
             for (i, qa), text in zip(chunk, texts):
                 records.append({"seed": int(pool.seeds[i]), "kind": qa.kind, "question": qa.question,
                                 "answer": qa.answer, "generated": text.strip(),
-                                "correct": text.strip() == qa.answer})
+                                "correct": qa.is_correct(text)})
     table: dict = {}
     for record in records:
         entry = table.setdefault(record["kind"], {"correct": 0, "total": 0})

@@ -161,6 +161,23 @@ def save_demo_target(model, tokenizer, out_dir) -> None:
     ).save_pretrained(out_dir)
 
 
+def load_demo_target(folder):
+    """A saved demo target (``save_demo_target``'s folder) as a ``VideoLlavaForConditionalGeneration``, fp32."""
+    from transformers import VideoLlavaForConditionalGeneration
+
+    return VideoLlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+
+
+def demo_config_of(config) -> dict:
+    """The ``DemoTargetConfig`` fields of a demo target's ``VideoLlavaConfig`` (inverse of ``demo_target_config``)."""
+    vision, text = config.vision_config, config.text_config
+    return {"num_frames": config.video_seq_length // ((vision.image_size // vision.patch_size) ** 2 + 1),
+            "image_size": vision.image_size, "patch_size": vision.patch_size,
+            "vision_hidden_size": vision.hidden_size, "vision_layers": vision.num_hidden_layers,
+            "text_hidden_size": text.hidden_size, "text_layers": text.num_hidden_layers,
+            "num_heads": text.num_attention_heads}
+
+
 # ------------------------------------------------------------------------------ scene-graph supervision
 
 
@@ -269,6 +286,9 @@ def recipe_losses(model, heads: SceneGraphHeads, batch: Batch, *, summary_layer:
 
 
 # ------------------------------------------------------------------------------------------ training
+PHRASINGS: tuple[str, ...] = ("canonical", "uniform")
+
+
 @dataclass(frozen=True)
 class RecipeConfig:
     """The training recipe's knobs."""
@@ -297,6 +317,14 @@ class RecipeConfig:
     grad_clip: float = 1.0
     jpeg_probability: float = 0.5
     """Share of training clips round-tripped through JPEG (``evcascade.demo.augment``), for decoded-video inputs."""
+    phrasing: str = "canonical"
+    """``"canonical"``: every answer in its one canonical phrasing (the bundled target); ``"uniform"``: each
+    answer segment's phrasing drawn uniformly (``QA.phrase``), so the target learns to hesitate between words
+    that say the same thing (the paraphrase world, ``evcascade.data.questions``)."""
+
+    def __post_init__(self) -> None:
+        if self.phrasing not in PHRASINGS:
+            raise InputError(f"RecipeConfig.phrasing must be one of {PHRASINGS}, got {self.phrasing!r}")
 
 
 def lr_factor(progress: float, step: int, recipe: RecipeConfig) -> float:
@@ -329,7 +357,7 @@ def draw_examples(pool, rng: np.random.Generator, batch_size: int, recipe: Recip
         options = [qa for qa in qas if qa.kind == kind]
         qa = options[rng.integers(len(options))]
         questions.append(qa.question)
-        answers.append(qa.answer)
+        answers.append(qa.phrase(rng) if recipe.phrasing == "uniform" else qa.answer)
     return index, [pool.scenes[i] for i in index], questions, answers
 
 
@@ -341,7 +369,7 @@ def train_target(model, heads: SceneGraphHeads, encoder: ExampleEncoder, pool, *
         raise InputError(f"minutes must be > 0, got {minutes!r}")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    params = [*model.parameters(), *heads.parameters()]
+    params = [p for p in (*model.parameters(), *heads.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
     model.train()
     heads.train()

@@ -65,6 +65,45 @@ def test_answers_without_a_clear_faster_object_and_with_camera_motion():
     assert lone["count"] == ["there is one object ."] and lone["moving"] == ["no object is moving ."]
 
 
+def test_phrasings_say_the_same_thing_in_other_words():
+    scene = hand_scene(GREEN_TRIANGLE, BLUE_SQUARE, RED_CIRCLE, camera="left")
+    by_kind = {qa.kind: qa for qa in qa_pairs(scene) if qa.kind != "direction"}
+    direction = [qa for qa in qa_pairs(scene) if qa.kind == "direction"]
+    assert direction[0].is_correct("the circle is moving right .")
+    assert direction[0].is_correct("the circle  moves to the right . ")  # whitespace is not a phrasing
+    assert not direction[0].is_correct("the circle is moving left .")
+    assert direction[2].is_correct("the triangle is not moving .") and not direction[2].is_correct("the triangle moves .")
+    assert by_kind["moving"].is_correct("the circle and the square move .")
+    assert not by_kind["moving"].is_correct("the circle move .")
+    assert by_kind["count"].is_correct("three objects .") and by_kind["count"].is_correct("there are three .")
+    assert not by_kind["count"].is_correct("there are two .")
+    assert by_kind["faster"].is_correct("the circle moves faster than the square .")
+    assert by_kind["camera"].is_correct("yes , the camera is moving left .")
+    colour = [qa for qa in qa_pairs(scene) if qa.kind == "colour"]
+    assert colour[0].is_correct("the circle is red .") and not colour[0].is_correct("the circle is blue .")
+    assert colour[2].num_phrasings == 1  # a static object has one name
+    # caption: 4 x 2 x 2 x 4 phrasings (circle right, square up, triangle static, camera left)
+    assert by_kind["caption"].num_phrasings == 64
+    assert by_kind["caption"].is_correct("the big red circle is moving right . the small blue square moves up . "
+                                         "the small green triangle is not moving . the camera moves left .")
+
+
+def test_every_drawn_phrasing_is_correct_in_the_vocabulary_and_no_other_answer():
+    vocabulary, rng = set(world_vocabulary()), np.random.default_rng(0)
+    drawn = 0
+    for seed in range(60):
+        pairs = qa_pairs(sample_scene(seed))
+        for qa in pairs:
+            for _ in range(4):
+                text = qa.phrase(rng)
+                drawn += text != qa.answer
+                assert qa.is_correct(text) and set(text.split()) <= vocabulary, text
+                assert not any(other.is_correct(text) for other in pairs if other.answer != qa.answer), text
+    assert drawn > 300  # the draws leave the canonical phrasing often
+    with pytest.raises(ValueError, match="canonical phrasing"):
+        QA("q ?", "the star moves up .", "direction", "time", (("the star",), ("is moving up",), (".",)))
+
+
 def test_question_modalities():
     needs = {qa.kind: qa.needs for qa in qa_pairs(hand_scene(RED_CIRCLE, BLUE_SQUARE))}
     assert needs == {"caption": "frame+time", "moving": "time", "direction": "time", "colour": "frame",

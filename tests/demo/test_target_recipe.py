@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -231,6 +233,26 @@ def test_lr_schedule_and_config_checks():
         DemoTargetConfig(image_size=64, patch_size=24)
     with pytest.raises(InputError, match="num_frames"):
         DemoTargetConfig(num_frames=0)
+    with pytest.raises(InputError, match="phrasing must be one of .* got 'fancy'"):
+        RecipeConfig(phrasing="fancy")
+
+
+def test_uniform_phrasing_draws_paraphrases_that_are_correct(pool):
+    canonical = draw_examples(pool, np.random.default_rng(0), 64, RecipeConfig())
+    qas = {(id(scene), qa.question): qa for scene in pool.scenes for qa in qa_pairs(scene)}
+    assert canonical[3] == [qas[(id(scene), q)].answer for scene, q in zip(canonical[1], canonical[2])]
+    uniform = draw_examples(pool, np.random.default_rng(0), 64, RecipeConfig(phrasing="uniform"))
+    truth = [qas[(id(scene), q)] for scene, q in zip(uniform[1], uniform[2])]
+    assert all(qa.is_correct(text) for qa, text in zip(truth, uniform[3]))
+    assert sum(text != qa.answer for qa, text in zip(truth, uniform[3])) >= 10
+
+
+def test_demo_config_of_inverts_demo_target_config(tokenizer, tmp_path):
+    from evcascade.demo.target import demo_config_of, demo_target_config, load_demo_target
+
+    assert demo_config_of(demo_target_config(tokenizer, TINY)) == dataclasses.asdict(TINY)
+    save_demo_target(build_demo_target(tokenizer, TINY), tokenizer, tmp_path)
+    assert demo_config_of(load_demo_target(tmp_path).config) == dataclasses.asdict(TINY)
 
 
 def test_jpeg_roundtrip_is_a_copy_with_codec_sized_errors(pool):
