@@ -115,15 +115,16 @@ def visual_agreement(draft_features: torch.Tensor, target_features: torch.Tensor
 
 def agreement_for_request(verifier: "VideoLlavaVerifier", prefix_fn, context: "DraftContext",
                           pixel_values_videos: torch.Tensor, clip_key: str | None = None) -> AgreementMap:
-    """The request's ``AgreementMap``: ``prefix_fn`` (an ``EventDrafterPrefix`` with an alignment) encodes the
-    context's events (+ key frame), the verifier supplies its cached projected video features."""
+    """The request's ``AgreementMap``: ``prefix_fn`` (an ``EventDrafterPrefix`` with an alignment) gives the
+    context's draft features (``request_features``: computed once per clip and shared with its drafting prefix),
+    the verifier supplies its cached projected video features."""
     if getattr(prefix_fn, "alignment", None) is None:
         raise InputError("modality-aware acceptance needs an event drafter level with an AlignmentMLP (its features "
                          "live in the target's space); this cascade has none")
     if context.events is None:
         raise InputError("modality-aware acceptance needs the request's events")
     target = verifier.video_features(pixel_values_videos, clip_key)  # [T, R, D]
-    draft = prefix_fn.visual_features(context.events, prefix_fn.key_frame_features(context))  # [1, T, R, D_t]
+    draft = prefix_fn.request_features(context)  # [1, T, R, D_t]
     return visual_agreement(draft, target, verifier.model.model.multi_modal_projector)
 
 

@@ -123,7 +123,8 @@ class EventDrafterPrefix:
         self.encoder, self.alignment, self.refiner = encoder, alignment, refiner
         self.key_frame_encoder, self.draft_lm = key_frame_encoder, draft_lm
         self._memo: tuple[Any, torch.Tensor] | None = None
-        self._prefix_memo: tuple[tuple, torch.Tensor] | None = None  # (the inputs it came from, prefix)
+        self._features_memo: tuple[tuple, torch.Tensor] | None = None  # (the inputs it came from, features)
+        self._prefix_memo: tuple[torch.Tensor, torch.Tensor] | None = None  # (the features it came from, prefix)
 
     @property
     def uses_key_frame(self) -> bool:
@@ -166,20 +167,33 @@ class EventDrafterPrefix:
         return self.key_frame_encoder(context.video.key_frame)
 
     @torch.no_grad()
-    def __call__(self, context: "DraftContext") -> torch.Tensor | None:
-        """The prefix embeddings ``[1, Nv, D_lm]`` for a request, or None when it carries no events. The last
+    def request_features(self, context: "DraftContext") -> torch.Tensor | None:
+        """``visual_features`` of the request's events (and key frame), or None when it carries no events. The last
         request's result is reused when the next one carries the same events (and video / key-frame features)
-        objects: every question about one clip pays the encoders once (the models are taken as frozen)."""
+        objects: every question about one clip, and the modality rule's agreement map
+        (``decoding.modality.agreement_for_request``), pay the encoders once (the models are taken as frozen)."""
         if context.events is None:
             return None
         inputs = (context.events, context.video, context.extras.get(KEY_FRAME_FEATURES)) if self.uses_key_frame \
             else (context.events,)
-        if self._prefix_memo is not None and len(inputs) == len(self._prefix_memo[0]) \
-                and all(a is b for a, b in zip(inputs, self._prefix_memo[0])):
-            return self._prefix_memo[1]
+        if self._features_memo is not None and len(inputs) == len(self._features_memo[0]) \
+                and all(a is b for a, b in zip(inputs, self._features_memo[0])):
+            return self._features_memo[1]
         features = self.visual_features(context.events, self.key_frame_features(context))
-        prefix = self.draft_lm.embed_visual(features)  # [1, Nv, D_lm]
-        self._prefix_memo = (inputs, prefix)
+        self._features_memo = (inputs, features)
+        return features
+
+    @torch.no_grad()
+    def __call__(self, context: "DraftContext") -> torch.Tensor | None:
+        """The prefix embeddings ``[1, Nv, D_lm]`` for a request (``request_features`` through the draft LM's
+        projector, reused like them), or None when it carries no events."""
+        features = self.request_features(context)
+        if features is None:
+            return None
+        if self._prefix_memo is not None and self._prefix_memo[0] is features:
+            return self._prefix_memo[1]
+        prefix = self.draft_lm.embed_visual(features)
+        self._prefix_memo = (features, prefix)
         return prefix
 
 

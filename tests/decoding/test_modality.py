@@ -132,5 +132,14 @@ def test_agreement_for_request_on_tiny_models():
                                 model.model.multi_modal_projector)
     assert torch.allclose(agreement.per_region, expected.per_region)
     assert bool((agreement.per_region.abs() <= 1 + 1e-5).all())
+    # the drafting prefix and a second agreement map of the same clip reuse the first one's draft features
+    calls = []
+    alignment.register_forward_hook(lambda *args: calls.append(1))
+    second = DraftContext(torch.tensor([[1, 2]]), events=sample.events)
+    assert torch.equal(prefix(second), prefix.draft_lm.embed_visual(prefix.request_features(context)))
+    agreement_for_request(verifier, prefix, second, pixels)
+    assert calls == []
+    agreement_for_request(verifier, prefix, DraftContext(torch.tensor([[1]]), events=sample.events.window(0, 200_000)), pixels)
+    assert calls == [1]  # other events: encoded anew
     with pytest.raises(InputError, match="needs the request's events"):
         agreement_for_request(verifier, prefix, DraftContext(torch.tensor([[1]])), pixels)
