@@ -22,6 +22,9 @@ from evcascade.errors import InputError
 
 DEFAULT_PROMPT = "what is moving ?"
 BUNDLED_MODEL = "bundled"
+DEFAULT_LENIENCE = 0.3
+"""``--lenience`` when a lossy ``--acceptance`` is given without one (TokenV3 / typical / modality take every
+phrasing the target hesitates over from 0.2-0.3 on, in the paraphrase world's lossy benchmark)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +36,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags; each maps one-to-one onto a field of the request or the generation options."""
+    from evcascade.decoding.lossy import RULES as ACCEPTANCE_RULES
+
     p = _Parser(prog="python -m evcascade.infer", description=__doc__.split("\n")[0])
     p.add_argument("--events", required=True, help="event file (DSEC .h5, .h5, .npz, .npy, .txt/.csv, .raw, .dat, .aedat4)")
     p.add_argument("--video", required=True, help="video file (.mp4, ...) or DSEC sequence/images folder")
@@ -51,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--mode", default="cascade", choices=["cascade", "target"], help="target = the target model alone")
+    p.add_argument("--acceptance", default="lossless", choices=list(ACCEPTANCE_RULES),
+                   help="verification rule: lossless (default: the answer is the target's own) or an opt-in lossy "
+                        "rule that accepts more drafts (evcascade.decoding.lossy; modality needs an event level)")
+    p.add_argument("--lenience", type=float, default=None,
+                   help="the lossy rule's lenience in [0, 1] (0 = lossless; default 0.3 with a lossy rule)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled event files (runs code from the file)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of human output")
     p.add_argument("--stats", action="store_true", help="print the full stats block")
@@ -76,6 +86,16 @@ def validate(args: argparse.Namespace) -> None:
 
         if not torch.cuda.is_available():
             raise InputError(f"--device {args.device} asked for, but no CUDA device is available here; use --device cpu")
+    if args.lenience is not None:
+        if args.acceptance == "lossless":
+            from evcascade.decoding.lossy import RULES
+
+            raise InputError(f"--lenience {args.lenience} needs a lossy --acceptance rule "
+                             f"(one of {', '.join(r for r in RULES if r != 'lossless')})")
+        if not 0 <= args.lenience <= 1:
+            raise InputError(f"--lenience must be in [0, 1] (0 = lossless), got {args.lenience}")
+    if args.acceptance != "lossless" and args.mode == "target":
+        raise InputError(f"--acceptance {args.acceptance} judges drafts; --mode target has none (use --mode cascade)")
     if not args.prompt.strip():
         raise InputError("--prompt is empty; ask a question, e.g. --prompt 'what is moving?'")
     for flag, path in (("--events", args.events), ("--video", args.video)):
@@ -155,6 +175,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return result
     options: dict[str, Any] = {"do_sample": args.do_sample, "temperature": args.temperature, "top_p": args.top_p,
                                "seed": args.seed}
+    if args.acceptance != "lossless":
+        options.update(acceptance=args.acceptance, lenience=DEFAULT_LENIENCE if args.lenience is None else args.lenience)
     if args.max_new_tokens is not None or "max_new_tokens" not in cascade.generation_defaults:
         options["max_new_tokens"] = args.max_new_tokens or 32
     streaming = not quiet

@@ -46,6 +46,20 @@ def test_default_answers_with_the_bundled_demo_cascade(capsys):
     assert code == 2 and "takes 2 frames" in err
 
 
+def test_lossy_acceptance_is_opt_in_and_says_so(capsys):
+    code, out, err = run_cli(BASE + ["--prompt", "describe the video .", "--json"], capsys)
+    lossless = json.loads(out)
+    assert code == 0 and lossless["stats"]["acceptance"] == "lossless"
+    for rule in ("token_v3", "modality"):
+        code, out, err = run_cli(BASE + ["--prompt", "describe the video .", "--acceptance", rule, "--json"], capsys)
+        lossy = json.loads(out)
+        assert code == 0, err
+        assert lossy["stats"]["acceptance"].startswith(f"{rule if rule == 'modality' else 'token_v3'}(0.3")
+        assert lossy["text"] == lossless["text"]  # the bundled target is near-certain: nothing to trade here
+    code, out, _ = run_cli(BASE + ["--acceptance", "typical", "--lenience", "0.5"], capsys)
+    assert code == 0 and "acceptance: typical" in out and "opt-in lossy" in out
+
+
 def test_without_a_bundled_cascade_the_data_layer_runs_and_says_so(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr("evcascade.cascade.BUNDLED_DIR", tmp_path)
     code, out, err = run_cli(BASE, capsys)
@@ -81,6 +95,10 @@ def test_model_folder_answers_streamed_and_as_json(tiny_model, capsys):
     (["--model", "/no/such/folder"], "'/no/such/folder' is not 'bundled', a preset"),
     (["--start-us", "50000000000", "--end-us", "50000001000"], "50000000000"),
     (["--num-frames", "x"], "invalid int value: 'x'"),
+    (["--lenience", "0.5"], "--lenience 0.5 needs a lossy --acceptance rule"),
+    (["--acceptance", "token_v3", "--lenience", "1.5"], "--lenience must be in [0, 1] (0 = lossless), got 1.5"),
+    (["--acceptance", "token_v3", "--mode", "target"], "--mode target has none"),
+    (["--acceptance", "sloppy"], "invalid choice: 'sloppy'"),
 ])
 def test_bad_arguments_exit_2_with_one_line_naming_the_value(extra, needle, capsys):
     code, out, err = run_cli(BASE + extra, capsys)

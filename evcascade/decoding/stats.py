@@ -112,6 +112,8 @@ class DecodeStats:
             f"time ms: vision {self.vision_s * 1e3:.1f} | prefill {self.prefill_s * 1e3:.1f} | draft {self.draft_s * 1e3:.1f} | "
             f"verify {self.verify_s * 1e3:.1f} | overhead {self.overhead_s * 1e3:.1f}",
         ]
+        if self.acceptance != "lossless":
+            lines.append(f"acceptance: {self.acceptance} (opt-in lossy: the answer may differ from the target's own)")
         for level in self.levels:
             by_position = " ".join(f"{a}/{d}" for a, d in zip(level.accepted_by_position, level.drafted_by_position))
             lines.append(f"  {level.name}: accepted {level.accepted}/{level.drafted} ({level.acceptance_rate:.0%}), "
