@@ -47,12 +47,12 @@ PIECES = {  # level name -> the align pieces it uses
 DISTILL_STAGES = {"distill_events": "events", "distill_frame": "events_frame"}  # stage -> level it trains
 BUNDLED_TARGET = ROOT / "evcascade" / "assets" / "demo_cascade" / "target"
 VARIANTS = {  # configs per variant: cache, align (None: the distill configs' align_dir exists already), distills
-    "demo": {"cache": "cache_demo.yaml", "align": "align_demo.yaml",
+    "demo": {"cascade": "evcascade/assets/demo_cascade", "cache": "cache_demo.yaml", "align": "align_demo.yaml",
              "levels": {"events": "distill_demo_events.yaml", "events_frame": "distill_demo_frame.yaml"},
              "description": "The demo cascade: a 2-frame VideoLlava trained on the synthetic world "
                             "(demos/train_demo_target.py), verifying prompt-lookup drafts, an L1 event drafter and "
                             "an L2 event + key-frame drafter (demos/train_demo_drafters.py)."},
-    "paraphrase": {"cache": "cache_paraphrase.yaml", "align": None,
+    "paraphrase": {"cascade": "runs/paraphrase/cascade", "cache": "cache_paraphrase.yaml", "align": None,
                    "levels": {"events": "distill_paraphrase_events.yaml",
                               "events_frame": "distill_paraphrase_frame.yaml"},
                    "description": "The paraphrase-world cascade: the demo target fine-tuned to say each answer in "
@@ -86,7 +86,7 @@ def assemble(cascade_dir: Path, variant: str = "demo") -> dict:
     write ``cascade.json`` (a new one if there is none) with the n-gram level first, then L1 and L2."""
     spec_path = cascade_dir / "cascade.json"
     spec = (json.loads(spec_path.read_text()) if spec_path.is_file() else
-            {"format": "evcascade.cascade", "version": 1, "name": cascade_dir.name, "target": "target",
+            {"format": "evcascade.cascade", "version": 1, "name": variant, "target": "target",
              "generation": {"max_new_tokens": 48}})
     levels = [{"type": "ngram", "name": "ngram"}]
     for name, config in VARIANTS[variant]["levels"].items():
@@ -113,8 +113,9 @@ def assemble(cascade_dir: Path, variant: str = "demo") -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cascade", type=Path, default=Path("evcascade/assets/demo_cascade"),
-                        help="the cascade folder whose target the drafters imitate (levels are written into it)")
+    parser.add_argument("--cascade", type=Path, default=None,
+                        help="the cascade folder whose target the drafters imitate (levels are written into it); "
+                             "default: the variant's own (evcascade/assets/demo_cascade, runs/paraphrase/cascade)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="demo",
                         help="demo: the bundled cascade's drafters; paraphrase: the paraphrase world's cascade")
     parser.add_argument("--world-scenes", type=int, default=2000, help="training scenes, if the world is missing")
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     variant = VARIANTS[args.variant]
+    if args.cascade is None:
+        args.cascade = Path(variant["cascade"])
     manifest = Path(_config(variant["cache"])["manifest"])
     done = {
         "world": manifest.is_file(),
