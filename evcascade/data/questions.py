@@ -57,7 +57,7 @@ class QA:
     ``answer`` is the canonical phrasing (what the bundled demo target was trained on). ``segments`` spell the
     answer's other correct phrasings, same content in other words (``moves to the left`` / ``is moving left``):
     ``phrase`` draws one, ``is_correct`` accepts any of them. They make the paraphrase world, where a target
-    trained on every phrasing hesitates between words but not between facts (``evcascade.data.questions``).
+    trained on every phrasing hesitates between words but not between facts (see the module docstring).
     """
 
     question: str
@@ -68,7 +68,7 @@ class QA:
     """Not serialised by ``to_dict`` (and not compared): ``qa_pairs(scene)`` rebuilds them from the scene."""
 
     def __post_init__(self) -> None:
-        if self.segments and " ".join(seg[0] for seg in self.segments) != self.answer:
+        if self.segments and canonical_text(self.segments) != self.answer:
             raise ValueError(f"the canonical phrasing of {self.segments!r} is not the answer {self.answer!r}")
 
     def to_dict(self) -> dict:
@@ -97,6 +97,11 @@ class QA:
         if text == self.answer:
             return True
         return bool(self.segments) and _pattern(self.segments).fullmatch(text) is not None
+
+
+def canonical_text(segments: Segments) -> str:
+    """The canonical phrasing: each segment's first alternative."""
+    return " ".join(seg[0] for seg in segments)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -132,7 +137,7 @@ def _caption_segments(scene: Scene) -> Segments:
 
 def caption(scene: Scene) -> str:
     """One sentence per object (``the big red circle moves to the left .``), then the camera if it pans."""
-    return " ".join(seg[0] for seg in _caption_segments(scene))
+    return canonical_text(_caption_segments(scene))
 
 
 def _moving_segments(scene: Scene) -> Segments:
@@ -153,7 +158,7 @@ def _faster_pair(scene: Scene) -> tuple[SceneObject, SceneObject] | None:
 
 
 def _qa(question: str, segments: Segments, kind: str, needs: str) -> QA:
-    return QA(question, " ".join(seg[0] for seg in segments), kind, needs, segments)
+    return QA(question, canonical_text(segments), kind, needs, segments)
 
 
 def qa_pairs(scene: Scene) -> list[QA]:
