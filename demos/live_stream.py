@@ -26,7 +26,7 @@ from evcascade.video import read_video, video_info
 def load_cascade(name: str) -> tuple[Cascade, str]:
     if resolve_model(name) is not None:
         return Cascade.from_pretrained(name), name
-    from evcascade.testing import tiny_tokenizer, tiny_video_llava
+    from evcascade.models.tiny import tiny_tokenizer, tiny_video_llava
 
     tok = tiny_tokenizer()
     return Cascade.from_models(tiny_video_llava(tok), tok), "untrained tiny cascade (answers are noise)"

@@ -19,7 +19,7 @@ level may carry ``"prior_acceptance"``: the adaptive policy's starting estimate 
 answer instead of waiting for exploration to find it.
 Presets (``evcascade/assets/presets/cascades/*.json``) are cascade.json files whose paths are hub ids.
 
->>> from evcascade.testing import tiny_tokenizer, tiny_video_llava
+>>> from evcascade.models.tiny import tiny_tokenizer, tiny_video_llava
 >>> tok = tiny_tokenizer()
 >>> cascade = Cascade.from_models(tiny_video_llava(tok), tok)
 >>> [level.name for level in cascade.levels]
@@ -113,7 +113,7 @@ class Cascade:
     ``generate(..., mode="cascade")`` is lossless in greedy mode: its tokens equal ``mode="target"`` (the target
     decoding alone), always.
 
-    >>> from evcascade.testing import tiny_tokenizer, tiny_video_llava
+    >>> from evcascade.models.tiny import tiny_tokenizer, tiny_video_llava
     >>> tok = tiny_tokenizer()
     >>> cascade = Cascade.from_models(tiny_video_llava(tok, seed=1), tok)
     >>> sample = ASSETS / "sample"

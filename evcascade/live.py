@@ -44,7 +44,7 @@ class LiveSession:
     target's frames are sampled from; ``max_events`` / ``max_frames``: memory bounds of the two rings.
 
     >>> from evcascade.cascade import Cascade
-    >>> from evcascade.testing import tiny_tokenizer, tiny_video_llava
+    >>> from evcascade.models.tiny import tiny_tokenizer, tiny_video_llava
     >>> tok = tiny_tokenizer()
     >>> session = LiveSession(Cascade.from_models(tiny_video_llava(tok), tok), sensor_size=(32, 32))
     >>> for i in range(8):

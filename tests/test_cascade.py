@@ -13,7 +13,7 @@ from evcascade.cascade import Cascade, resolve_model
 from evcascade.decoding.model_drafter import ModelDrafter
 from evcascade.decoding.ngram import NGramDrafter
 from evcascade.models.pipeline import KeyFrameEncoder, build_event_drafter_prefix
-from evcascade.testing import tiny_event_drafter_parts, tiny_tokenizer, tiny_video_llava
+from evcascade.models.tiny import tiny_event_drafter_parts, tiny_tokenizer, tiny_video_llava
 
 SAMPLE = Path(__file__).resolve().parents[1] / "evcascade" / "assets" / "sample"
 EVENTS, VIDEO = SAMPLE / "events.h5", SAMPLE / "video.mp4"

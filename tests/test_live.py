@@ -12,7 +12,7 @@ from evcascade import Events, InputError
 from evcascade.cascade import Cascade
 from evcascade.clip import Clip
 from evcascade.live import LiveSession
-from evcascade.testing import tiny_tokenizer, tiny_video_llava
+from evcascade.models.tiny import tiny_tokenizer, tiny_video_llava
 
 SENSOR = (32, 24)
 

@@ -67,7 +67,7 @@ class LlamaShape:
     """None: 2 x hidden (the tiny factory's default)."""
 
     def config(self, **overrides):
-        from evcascade.testing import tiny_llama_config
+        from evcascade.models.tiny import tiny_llama_config
 
         extra = {} if self.intermediate_size is None else {"intermediate_size": self.intermediate_size}
         return tiny_llama_config(self.vocab_size, hidden_size=self.hidden_size, num_layers=self.num_layers,
@@ -360,7 +360,7 @@ def first_token_times(size: VideoShape, config: EngineBenchConfig, repeats: int)
     from transformers import VideoLlavaForConditionalGeneration
 
     from evcascade.decoding.prompting import VideoLlavaPrompter
-    from evcascade.testing import tiny_tokenizer, tiny_video_llava_config
+    from evcascade.models.tiny import tiny_tokenizer, tiny_video_llava_config
 
     tok = tiny_tokenizer()
     vl_config = tiny_video_llava_config(

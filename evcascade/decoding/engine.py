@@ -164,7 +164,7 @@ class CascadeDecoder:
 
     >>> from evcascade.decoding.ngram import NGramDrafter
     >>> from evcascade.decoding.verifier import CausalLMVerifier
-    >>> from evcascade.testing import tiny_llama
+    >>> from evcascade.models.tiny import tiny_llama
     >>> decoder = CascadeDecoder(CausalLMVerifier(tiny_llama(vocab_size=50)), [NGramDrafter()])
     >>> prompt = torch.tensor([[1, 5, 7]])
     >>> options = GenerationOptions(max_new_tokens=8, eos_token_ids=())

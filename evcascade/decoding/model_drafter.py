@@ -29,7 +29,7 @@ class ModelDrafter(Drafter):
     output layer's width); logits above it are dropped. Ids the model cannot embed (a target-only id such as
     ``<video>`` in the answer) are fed as ``unknown_id``: drafts get worse there, the output does not change.
 
-    >>> from evcascade.testing import tiny_llama
+    >>> from evcascade.models.tiny import tiny_llama
     >>> drafter = ModelDrafter(tiny_llama(vocab_size=40))
     >>> drafter.begin(DraftContext(prompt_ids=torch.tensor([[1, 7, 9]])))
     >>> drafter.propose(torch.tensor([[5]]), k=3).probs.shape

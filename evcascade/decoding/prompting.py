@@ -6,7 +6,7 @@ The target sees ``USER: <video>\\n{question} ASSISTANT:`` (Video-LLaVA-7B-hf's t
 before tokenising. We tokenise once and expand the id instead, because the stock processor needs torchvision.
 Drafters share the tokenizer but not the visual tokens, so they get the same ids with the placeholders removed.
 
->>> from evcascade.testing import tiny_tokenizer, tiny_video_llava_config
+>>> from evcascade.models.tiny import tiny_tokenizer, tiny_video_llava_config
 >>> tok = tiny_tokenizer()
 >>> prompter = VideoLlavaPrompter(tok, tiny_video_llava_config(tok))
 >>> prompt = prompter("what colour is the object ?")

@@ -249,7 +249,7 @@ class _KVCacheVerifier(Verifier):
 class CausalLMVerifier(_KVCacheVerifier):
     """Any Hugging Face causal LM as the target (text prompts only).
 
-    >>> from evcascade.testing import tiny_llama
+    >>> from evcascade.models.tiny import tiny_llama
     >>> verifier = CausalLMVerifier(tiny_llama(vocab_size=50))
     >>> verifier.prefill(VerifyRequest(torch.tensor([[1, 5, 7]]))).shape
     torch.Size([1, 50])

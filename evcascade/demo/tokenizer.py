@@ -15,7 +15,7 @@ back to the same string (words joined by single spaces).
 
 from __future__ import annotations
 
-from evcascade.testing import IMAGE_TOKEN, SPECIAL_TOKENS, VIDEO_TOKEN
+from evcascade.models.tiny import IMAGE_TOKEN, SPECIAL_TOKENS, VIDEO_TOKEN
 
 TEMPLATE_WORDS: tuple[str, ...] = ("USER:", "ASSISTANT:")
 """Words of the Video-LLaVA chat template (``evcascade.decoding.prompting.VIDEO_LLAVA_TEMPLATE``)."""

@@ -7,7 +7,7 @@ visual features (the target's video-feature space ``[B, T, 1 + G*G, D_t]``, or a
 ``inputs_embeds``/``input_ids`` and ``past_key_values``) and training (``labels``, LoRA via peft).
 
 >>> import torch
->>> from evcascade.testing import tiny_llama_config
+>>> from evcascade.models.tiny import tiny_llama_config
 >>> cfg = DraftLMConfig(text_config=tiny_llama_config(50).to_dict(), visual_hidden_size=8, pool_frames=2, pool_grid=1)
 >>> lm = DraftLM(cfg).eval()
 >>> lm.embed_visual(torch.zeros(1, 4, 1 + 3 * 3, 8)).shape       # 2 frames x (CLS + 1x1) tokens, LM width 32

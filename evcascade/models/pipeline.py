@@ -9,7 +9,7 @@ None when the request has no events (the drafter then runs text-only).
 
 >>> import torch
 >>> from evcascade.models import AlignmentConfig, AlignmentMLP, DraftLM, DraftLMConfig
->>> from evcascade.testing import tiny_llama_config
+>>> from evcascade.models.tiny import tiny_llama_config
 >>> align = AlignmentMLP(AlignmentConfig(input_size=8, event_grid=2, target_hidden_size=6, target_grid=2))
 >>> lm = DraftLM(DraftLMConfig(text_config=tiny_llama_config(20).to_dict(), visual_hidden_size=7))
 >>> check_sizes("AlignmentMLP output (target_hidden_size)", align.config.target_hidden_size,

@@ -73,7 +73,7 @@ def cache_main(
 
     Args:
         target: a Video-LLaVA folder or hub id (``LanguageBind/Video-LLaVA-7B-hf``) with its tokenizer, or
-            ``tiny:<seed>`` for the random tiny model of `evcascade.testing` (tests, demos).
+            ``tiny:<seed>`` for the random tiny model of `evcascade.models.tiny` (tests, demos).
         out: the cache folder (created; resumed when it exists).
         prompts: questions asked about every window, besides each manifest entry's own.
         dtype: storage dtype of the video features (float16 halves the disk).
@@ -91,7 +91,7 @@ def cache_main(
     if target_dtype not in dtypes:
         raise InputError(f"target_dtype must be one of {sorted(dtypes)}, got {target_dtype!r}")
     if target.startswith("tiny:"):
-        from evcascade.testing import tiny_tokenizer, tiny_video_llava
+        from evcascade.models.tiny import tiny_tokenizer, tiny_video_llava
 
         tokenizer = tiny_tokenizer()
         model = tiny_video_llava(tokenizer, seed=int(target.split(":", 1)[1]), image_size=32, patch_size=16)

@@ -19,7 +19,7 @@ from evcascade.decoding.ngram import NGramDrafter
 from evcascade.decoding.sampling import GREEDY
 from evcascade.decoding.verifier import CausalLMVerifier, VerifyRequest
 from evcascade.models.pipeline import KeyFrameEncoder, build_event_drafter_prefix
-from evcascade.testing import tiny_event_drafter_parts, tiny_llama, tiny_tokenizer, tiny_video_llava
+from evcascade.models.tiny import tiny_event_drafter_parts, tiny_llama, tiny_tokenizer, tiny_video_llava
 
 REAL_ROWS = ["target (HF generate)", "HF assisted (L1 LM, text only)", "HF prompt lookup",
              "target (ours, no drafter)", "ours: n-gram", "ours: n-gram + L1", "ours: full cascade",

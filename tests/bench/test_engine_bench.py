@@ -66,7 +66,7 @@ def test_oracle_in_the_engine_sets_tau_exactly_and_keeps_generates_answer(accept
     from evcascade.decoding.engine import CascadeDecoder, GenerationOptions
     from evcascade.decoding.model_drafter import ModelDrafter
     from evcascade.decoding.verifier import CausalLMVerifier, VerifyRequest
-    from evcascade.testing import tiny_llama
+    from evcascade.models.tiny import tiny_llama
 
     target = tiny_llama(vocab_size=300, hidden_size=32, eos_token_id=None)
     target.generation_config.eos_token_id, target.generation_config.pad_token_id = None, 0

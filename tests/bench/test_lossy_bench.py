@@ -12,7 +12,7 @@ from evcascade.data.questions import world_vocabulary
 from evcascade.decoding.model_drafter import ModelDrafter
 from evcascade.decoding.ngram import NGramDrafter
 from evcascade.models.pipeline import build_event_drafter_prefix
-from evcascade.testing import tiny_event_drafter_parts, tiny_tokenizer, tiny_video_llava
+from evcascade.models.tiny import tiny_event_drafter_parts, tiny_tokenizer, tiny_video_llava
 
 RULES = ("token_v1", "token_v3", "typical", "modality")
 

@@ -114,7 +114,7 @@ def test_question_modalities():
 
 
 def test_vocabulary_covers_every_phrase_and_the_tiny_tokenizer():
-    from evcascade.testing import tiny_tokenizer
+    from evcascade.models.tiny import tiny_tokenizer
 
     vocabulary = set(world_vocabulary())
     config = WorldConfig(max_objects=4, camera_motion_prob=0.5, min_moving=0)

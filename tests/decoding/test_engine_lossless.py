@@ -18,7 +18,7 @@ from evcascade.decoding.ngram import NGramDrafter
 from evcascade.decoding.prompting import VideoLlavaPrompter
 from evcascade.decoding.verifier import CausalLMVerifier, VerifyRequest, VideoLlavaVerifier
 from evcascade.errors import InputError
-from evcascade.testing import tiny_llama, tiny_tokenizer, tiny_video_llava
+from evcascade.models.tiny import tiny_llama, tiny_tokenizer, tiny_video_llava
 
 # Hugging Face's StopStringCriteria tokenises the probe word "abcdef"; the word-level tiny vocabulary needs it
 TOK = tiny_tokenizer(extra_words=("abcdef",))

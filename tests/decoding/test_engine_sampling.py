@@ -22,7 +22,7 @@ from evcascade.decoding.model_drafter import ModelDrafter
 from evcascade.decoding.ngram import NGramDrafter
 from evcascade.decoding.sampling import GREEDY, SamplingParams, probabilities, sample
 from evcascade.decoding.verifier import Verifier, VerifyRequest
-from evcascade.testing import tiny_llama
+from evcascade.models.tiny import tiny_llama
 
 V, NUM_TOKENS, RUNS, ALPHA = 4, 3, 1500, 1e-4
 PROMPT = torch.tensor([[1, 3, 0, 3, 0, 3]])  # repeats, so the n-gram drafter proposes

@@ -21,7 +21,7 @@ from evcascade.decoding.ngram import NGramDrafter
 from evcascade.decoding.sampling import GREEDY, SamplingParams
 from evcascade.decoding.verifier import CausalLMVerifier, VerifyRequest
 from evcascade.errors import InputError
-from evcascade.testing import tiny_llama
+from evcascade.models.tiny import tiny_llama
 
 SAMPLE = SamplingParams(do_sample=True)
 TARGET = [0.5, 0.4, 0.1]  # the target's distribution in most hand cases: argmax 0, runner-up 1

@@ -115,7 +115,7 @@ def test_agreement_for_request_on_tiny_models():
     from evcascade.data.world import WorldConfig, make_world_sample
     from evcascade.decoding.verifier import VideoLlavaVerifier
     from evcascade.models.pipeline import build_event_drafter_prefix
-    from evcascade.testing import tiny_event_drafter_parts, tiny_tokenizer, tiny_video_llava
+    from evcascade.models.tiny import tiny_event_drafter_parts, tiny_tokenizer, tiny_video_llava
 
     tok = tiny_tokenizer()
     model = tiny_video_llava(tok, num_frames=4)

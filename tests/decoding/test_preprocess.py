@@ -130,7 +130,7 @@ def test_config_from_saved_processor_folder(tmp_path):
 
 
 def test_config_defaults_and_errors(tmp_path):
-    from evcascade.testing import tiny_video_llava_config
+    from evcascade.models.tiny import tiny_video_llava_config
 
     assert preprocessor_config_from(tmp_path, tiny_video_llava_config()).crop_size == (32, 32)  # no json: tower size
     assert preprocessor_config_from(tmp_path) == PreprocessConfig()

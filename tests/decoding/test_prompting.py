@@ -5,7 +5,7 @@ import torch
 
 from evcascade.decoding.prompting import VIDEO_LLAVA_TEMPLATE, VideoLlavaPrompter, check_prompt_fits
 from evcascade.errors import InputError
-from evcascade.testing import tiny_tokenizer, tiny_video_llava, tiny_video_llava_config
+from evcascade.models.tiny import tiny_tokenizer, tiny_video_llava, tiny_video_llava_config
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from evcascade.decoding.model_drafter import ModelDrafter
 from evcascade.decoding.ngram import NGramDrafter
 from evcascade.decoding.stats import DecodeStats, LevelStats
 from evcascade.decoding.verifier import CausalLMVerifier, VerifyRequest
-from evcascade.testing import tiny_llama
+from evcascade.models.tiny import tiny_llama
 
 
 def test_level_record_by_position():

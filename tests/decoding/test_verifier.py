@@ -8,7 +8,7 @@ from evcascade.decoding.feature_cache import LRUCache, content_key
 from evcascade.decoding.prompting import VideoLlavaPrompter
 from evcascade.decoding.verifier import CausalLMVerifier, VerifyRequest, VideoLlavaVerifier
 from evcascade.errors import InputError
-from evcascade.testing import tiny_llama, tiny_tokenizer, tiny_video_llava
+from evcascade.models.tiny import tiny_llama, tiny_tokenizer, tiny_video_llava
 
 ATOL = 1e-4  # fp32 logits of a prefix-cached forward vs one full forward: same maths, different matmul shapes
 

@@ -6,7 +6,7 @@ import pytest
 from model_helpers import make_encoder
 
 from evcascade.models import AlignmentMLP, DraftLM, DraftLMConfig, FrameRefiner, FrameRefinerConfig
-from evcascade.testing import tiny_llama_config, tiny_tokenizer, tiny_video_llava_config
+from evcascade.models.tiny import tiny_llama_config, tiny_tokenizer, tiny_video_llava_config
 
 
 @pytest.fixture(scope="module")

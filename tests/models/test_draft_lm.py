@@ -9,7 +9,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 from evcascade.errors import InputError
 from evcascade.models import DraftLM, DraftLMConfig
 from evcascade.models.tokens import pool_frames, pool_patch_grid
-from evcascade.testing import tiny_llama, tiny_llama_config
+from evcascade.models.tiny import tiny_llama, tiny_llama_config
 
 
 def make_lm(**kwargs) -> DraftLM:

@@ -14,7 +14,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaForCausalLM
 
 from evcascade.errors import InputError, InputFileNotFoundError
 from evcascade.models.eventgpt import load_eventgpt, map_eventgpt_key
-from evcascade.testing import tiny_llama_config
+from evcascade.models.tiny import tiny_llama_config
 
 TOWER = "model.visual_tower.visual_tower."
 

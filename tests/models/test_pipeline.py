@@ -13,7 +13,7 @@ from evcascade.errors import InputError
 from evcascade.models import AlignmentConfig, AlignmentMLP, FrameRefiner, FrameRefinerConfig
 from evcascade.models.pipeline import KEY_FRAME_FEATURES, KeyFrameEncoder, build_event_drafter_prefix
 from evcascade.preprocess import preprocess_frames
-from evcascade.testing import tiny_video_llava
+from evcascade.models.tiny import tiny_video_llava
 from evcascade.video import Video
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evcascade.testing import tiny_tokenizer, tiny_video_llava
+from evcascade.models.tiny import tiny_tokenizer, tiny_video_llava
 
 from train_helpers import PROMPTS, T0_US, write_dsec_sequence
 

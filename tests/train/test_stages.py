@@ -216,7 +216,7 @@ def test_distill_lora_trains_adapters_and_exports_a_merged_draft_that_decodes_lo
 
 
 def test_distill_wraps_a_saved_causal_lm(tmp_path, dsec_cache):
-    from evcascade.testing import tiny_llama
+    from evcascade.models.tiny import tiny_llama
 
     lm = tiny_llama(125, seed=4)
     lm.save_pretrained(tmp_path / "lm")

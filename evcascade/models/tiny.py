@@ -1,4 +1,4 @@
-"""Tiny models and tokenizers built from configs, for tests, examples and benchmarks (no weights, no hub).
+"""Tiny models and tokenizers built from configs (no weights, no hub): the models of the tests, the docstring examples, the engine benchmark and the demo tokenizer.
 
 Everything here is real transformers classes with small configs and random weights, so the code under
 test is the code users run with real checkpoints.
