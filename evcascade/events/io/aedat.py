@@ -16,6 +16,7 @@ import numpy as np
 from evcascade.errors import InputError
 from evcascade.events.container import Events
 from evcascade.events.io.common import EventFileInfo, assemble, first_unsorted, raise_unsorted
+from evcascade.events.io.registry import EventFormat
 
 
 def _open(path: Path):
@@ -92,3 +93,20 @@ def aedat4_info(path: Path) -> EventFileInfo:
             last = int(packet["t"][-1])
             n += int(packet.shape[0])
     return EventFileInfo(path, "aedat4", size, first, None if last is None else last + 1, n)
+
+
+def _sniff(path: Path, head: bytes) -> str | None:
+    return "aedat4" if head.startswith(b"#!AER-DAT4.0") else None
+
+
+def _read(path: Path, start_us, end_us, *, kind, sort, sensor_size, options) -> Events:
+    return read_aedat4(path, start_us, end_us, sort=sort, sensor_size=sensor_size)
+
+
+def _info(path: Path, *, kind, options) -> EventFileInfo:
+    return aedat4_info(path)
+
+
+FORMAT = EventFormat(
+    names=("aedat4",), read=_read, info=_info, suffixes=(".aedat4",), aliases={"aedat": "aedat4"}, sniff=_sniff,
+)

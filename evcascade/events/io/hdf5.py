@@ -23,6 +23,7 @@ import numpy as np
 from evcascade.errors import InputError
 from evcascade.events.container import Events
 from evcascade.events.io.common import EventFileInfo, assemble, check_integer_dtype, searchsorted_column
+from evcascade.events.io.registry import EventFormat
 
 EVENT_FIELDS = ("x", "y", "t", "p")
 # Rows per block when a whole column must be scanned (sensor size inference): bounded memory.
@@ -163,3 +164,32 @@ def hdf5_info(path: Path) -> EventFileInfo:
         node = handle[group] if group else handle
         start, end = (int(t_col[0]), int(t_col[n - 1]) + 1) if n else (None, None)
         return EventFileInfo(path, "hdf5", sensor_size_from_attrs(node, handle), start, end, n)
+
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _sniff(path: Path, head: bytes) -> str | None:
+    return "hdf5" if head.startswith(_HDF5_MAGIC) else None
+
+
+def _refine(path: Path, family: str) -> str:
+    """DSEC when the file has DSEC's layout, else generic HDF5."""
+    from evcascade.events.io.dsec import is_dsec
+
+    with open_h5(path) as handle:
+        return "dsec" if is_dsec(handle) else "hdf5"
+
+
+def _read(path: Path, start_us, end_us, *, kind, sort, sensor_size, options) -> Events:
+    return read_hdf5(path, start_us, end_us, sort=sort, sensor_size=sensor_size)
+
+
+def _info(path: Path, *, kind, options) -> EventFileInfo:
+    return hdf5_info(path)
+
+
+FORMAT = EventFormat(
+    names=("hdf5",), read=_read, info=_info, suffixes=(".h5", ".hdf5", ".hdf"), aliases={"h5": "hdf5"},
+    sniff=_sniff, refine=_refine, verify_suffix=("hdf5",),
+)

@@ -17,6 +17,7 @@ import numpy as np
 from evcascade.errors import InputError
 from evcascade.events.container import Events
 from evcascade.events.io.common import EventFileInfo, assemble, check_integer_dtype, searchsorted_column
+from evcascade.events.io.registry import EventFormat
 
 FIELDS = ("x", "y", "t", "p")
 
@@ -172,3 +173,33 @@ def numpy_info(path: Path, format: str, *, allow_pickle: bool = False) -> EventF
     n = int(t_col.shape[0])
     start, end = (int(t_col[0]), int(t_col[n - 1]) + 1) if n else (None, None)
     return EventFileInfo(path, format, stored_size, start, end, n)
+
+
+def _sniff(path: Path, head: bytes) -> str | None:
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    return "npz" if head.startswith(b"PK\x03\x04") else None
+
+
+def _refine(path: Path, family: str) -> str:
+    """EventGPT's pickled dict when the .npy dtype holds Python objects (read from the header only)."""
+    if family == "npy" and npy_header_dtype(path).hasobject:
+        return "eventgpt"
+    return family
+
+
+def _read(path: Path, start_us, end_us, *, kind, sort, sensor_size, options) -> Events:
+    if kind == "npz":
+        return read_npz(path, start_us, end_us, sort=sort, sensor_size=sensor_size)
+    reader = read_npy if kind == "npy" else read_eventgpt
+    return reader(path, start_us, end_us, sort=sort, sensor_size=sensor_size, allow_pickle=options.allow_pickle)
+
+
+def _info(path: Path, *, kind, options) -> EventFileInfo:
+    return numpy_info(path, kind, allow_pickle=options.allow_pickle)
+
+
+FORMAT = EventFormat(
+    names=("npz", "npy", "eventgpt"), read=_read, info=_info, suffixes=(".npz", ".npy"),
+    suffix_names={".npz": "npz", ".npy": "npy"}, sniff=_sniff, refine=_refine, verify_suffix=("npy",),
+)

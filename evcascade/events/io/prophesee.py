@@ -36,6 +36,7 @@ import numpy as np
 from evcascade.errors import InputError
 from evcascade.events.container import Events
 from evcascade.events.io.common import EventFileInfo, assemble, first_unsorted, raise_unsorted, searchsorted_column
+from evcascade.events.io.registry import EventFormat
 
 _CHUNK_BYTES = 1 << 22  # 4 MiB of words per decoding step: bounded memory on multi-GB recordings
 DAT_RECORD = np.dtype([("t", "<u4"), ("data", "<u4")])
@@ -343,3 +344,29 @@ def dat_info(path: Path) -> EventFileInfo:
     n = int(records.shape[0])
     start, end = (int(records["t"][0]), int(records["t"][n - 1]) + 1) if n else (None, None)
     return EventFileInfo(path, "dat", size, start, end, n)
+
+
+# ---------------------------------------------------------------------------------------- registry
+def _sniff(path: Path, head: bytes) -> str | None:
+    """A ``%`` header: ``raw`` when it names an EVT encoding or ends with ``% end``, else ``dat``."""
+    if not head.startswith(b"%"):
+        return None
+    fields = header_fields(read_header(path)[0])
+    return "raw" if raw_encoding(fields) is not None or "evt" in fields or "end" in fields else "dat"
+
+
+def _read(path: Path, start_us, end_us, *, kind, sort, sensor_size, options) -> Events:
+    if kind == "dat":
+        return read_dat(path, start_us, end_us, sort=sort, sensor_size=sensor_size)
+    return read_raw(path, start_us, end_us, encoding=kind, sort=sort, sensor_size=sensor_size)
+
+
+def _info(path: Path, *, kind, options) -> EventFileInfo:
+    return dat_info(path) if kind == "dat" else raw_info(path, kind)
+
+
+FORMAT = EventFormat(
+    names=("evt2", "evt3", "raw", "dat"), read=_read, info=_info, suffixes=(".raw", ".dat"),
+    suffix_names={".raw": "raw", ".dat": "dat"}, aliases={"evt2.0": "evt2", "evt3.0": "evt3"},
+    sniff=_sniff, sniff_rank=50,
+)

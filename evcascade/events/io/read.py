@@ -14,8 +14,14 @@ npy       only the rows of the window (memory-mapped) when ``sensor_size`` is gi
 dat       only the records of the window (memory-mapped) when the header has the size
 raw       decodes from the start, stops after the window's end (no index in EVT files)
 aedat4    decodes packets from the start, stops after the window's end
+aedat2/3  decodes from the start, stops after the window's end (no index)
+es        decodes from the start, stops after the window's end (no index)
+ros       only the messages of the window, found by the bag's time index (+ a margin)
 npz, txt, csv, eventgpt   the whole file (these formats cannot be read partially)
 ========  ===========================================================================
+
+Which module reads what is the registry's business (``registry.py``): this module only resolves
+the path, detects the format and calls that format's ``read`` / ``info``.
 
 With ``sort=True`` every format reads the whole file (sorting needs every event); without it
 the sortedness check covers the rows read.
@@ -23,13 +29,23 @@ the sortedness check covers the rows read.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from evcascade.errors import require_file
 from evcascade.events.container import Events
 from evcascade.events.io.common import EventFileInfo, check_sensor_size, check_window
-from evcascade.events.io.detect import detect_format
+from evcascade.events.io.detect import detect_format, directory_format
 from evcascade.events.io.dsec import write_events  # noqa: F401  (the doctests write with it)
+from evcascade.events.io.registry import ReadOptions, reader_for
+
+
+def _source(path) -> Path:
+    """``path`` as an existing file, or a folder that some format reads (a ROS 2 bag)."""
+    resolved = Path(path).expanduser()
+    if resolved.is_dir() and directory_format(resolved) is not None:
+        return resolved
+    return require_file(path)
 
 
 def read_events(
@@ -43,6 +59,7 @@ def read_events(
     sensor_size: Sequence[int] | None = None,
     rectify_map=None,
     time_unit: str = "auto",
+    topic: str | None = None,
 ) -> Events:
     """Read the events of ``path`` in [start_us, end_us) (None = open bound) as ``Events``.
 
@@ -51,7 +68,7 @@ def read_events(
     unsorted timestamps instead of raising. ``sensor_size`` (W, H) overrides what the file says.
     ``rectify_map`` (a ``rectify_map.h5`` path or a (H, W, 2) array) moves events to rectified
     pixels, rounding, and drops those that land outside the sensor. ``time_unit`` ("auto", "us",
-    "s") applies to text files only.
+    "s") applies to text files only; ``topic`` to ROS bags only (None: the bag's only event topic).
 
     >>> import tempfile, os
     >>> ev = Events.from_arrays([1, 2, 3], [0, 1, 0], [100, 2000, 3500], [1, 0, 1], sensor_size=(4, 2))
@@ -59,32 +76,12 @@ def read_events(
     >>> read_events(path, 1000, 4000).t_us.tolist()
     [2000, 3500]
     """
-    from evcascade.events.io import aedat, dsec, hdf5, numpy_files, prophesee, text
-
-    file = require_file(path)
+    file = _source(path)
     start, end = check_window(start_us, end_us)
     size = check_sensor_size(sensor_size)
     kind = detect_format(file, format)
-    common = dict(sort=sort, sensor_size=size)
-    if kind == "dsec":
-        events = dsec.read_dsec(file, start, end, **common)
-    elif kind == "hdf5":
-        events = hdf5.read_hdf5(file, start, end, **common)
-    elif kind == "npz":
-        events = numpy_files.read_npz(file, start, end, **common)
-    elif kind == "npy":
-        events = numpy_files.read_npy(file, start, end, allow_pickle=allow_pickle, **common)
-    elif kind == "eventgpt":
-        events = numpy_files.read_eventgpt(file, start, end, allow_pickle=allow_pickle, **common)
-    elif kind in ("txt", "csv"):
-        events = text.read_text(file, start, end, time_unit=time_unit, **common)
-    elif kind in ("raw", "evt2", "evt3"):
-        events = prophesee.read_raw(file, start, end, encoding=kind, **common)
-    elif kind == "dat":
-        events = prophesee.read_dat(file, start, end, **common)
-    else:
-        assert kind == "aedat4", kind
-        events = aedat.read_aedat4(file, start, end, **common)
+    options = ReadOptions(allow_pickle=allow_pickle, time_unit=time_unit, topic=topic)
+    events = reader_for(kind).read(file, start, end, kind=kind, sort=sort, sensor_size=size, options=options)
     if rectify_map is not None:
         from evcascade.events.io.rectify import load_rectify_map, rectify
 
@@ -92,11 +89,14 @@ def read_events(
     return events
 
 
-def event_file_info(path, format: str | None = None, *, allow_pickle: bool = False) -> EventFileInfo:
+def event_file_info(
+    path, format: str | None = None, *, allow_pickle: bool = False, topic: str | None = None
+) -> EventFileInfo:
     """What ``path`` holds (format, sensor size or None, [start_us, end_us), event count), found cheaply.
 
     Cheap (a few element reads) for dsec, hdf5, npy and dat; a line scan for text; a full
-    decode in bounded memory for raw and aedat4 (no index); a full load for npz and eventgpt.
+    decode in bounded memory for raw, aedat and es (no index); a full load for npz and eventgpt;
+    for a ROS bag, the first and last packets of the event topic and the index's message count.
 
     >>> import tempfile, os
     >>> ev = Events.from_arrays([1, 2], [0, 1], [100, 2000], [1, 0], sensor_size=(4, 2))
@@ -104,22 +104,7 @@ def event_file_info(path, format: str | None = None, *, allow_pickle: bool = Fal
     >>> info.format, info.start_us, info.end_us, info.num_events
     ('dsec', 100, 2001, 2)
     """
-    from evcascade.events.io import aedat, dsec, hdf5, numpy_files, prophesee, text
-
-    file = require_file(path)
+    file = _source(path)
     kind = detect_format(file, format)
-    if kind == "dsec":
-        return dsec.dsec_info(file)
-    if kind == "hdf5":
-        return hdf5.hdf5_info(file)
-    if kind in ("npz", "npy", "eventgpt"):
-        return numpy_files.numpy_info(file, kind, allow_pickle=allow_pickle)
-    if kind in ("txt", "csv"):
-        return text.text_info(file, kind)
-    if kind in ("raw", "evt2", "evt3"):
-        return prophesee.raw_info(file, kind)
-    if kind == "dat":
-        return prophesee.dat_info(file)
-    assert kind == "aedat4", kind
-    return aedat.aedat4_info(file)
-
+    options = ReadOptions(allow_pickle=allow_pickle, topic=topic)
+    return reader_for(kind).info(file, kind=kind, options=options)

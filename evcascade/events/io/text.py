@@ -19,6 +19,7 @@ import numpy as np
 from evcascade.errors import InputError
 from evcascade.events.container import Events
 from evcascade.events.io.common import EventFileInfo, assemble
+from evcascade.events.io.registry import EventFormat
 
 TIME_UNITS = ("auto", "us", "s")
 
@@ -118,3 +119,30 @@ def text_info(path: Path, format: str, *, time_unit: str = "auto") -> EventFileI
     except ValueError:
         raise InputError(f"{str(path)!r}: cannot parse times {first[0]!r} / {last[0]!r} as {unit}") from None
     return EventFileInfo(path, format, None, start, end, n)
+
+
+def _sniff(path: Path, head: bytes) -> str | None:
+    """'txt' when one of the first three lines is four numbers."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    for line in text.splitlines()[:3]:
+        fields = _fields(line)
+        if len(fields) == 4 and all(_is_number(f) for f in fields):
+            return "txt"
+    return None
+
+
+def _read(path: Path, start_us, end_us, *, kind, sort, sensor_size, options) -> Events:
+    return read_text(path, start_us, end_us, sort=sort, sensor_size=sensor_size, time_unit=options.time_unit)
+
+
+def _info(path: Path, *, kind, options) -> EventFileInfo:
+    return text_info(path, kind)
+
+
+FORMAT = EventFormat(
+    names=("txt", "csv"), read=_read, info=_info, suffixes=(".txt", ".csv"),
+    suffix_names={".txt": "txt", ".csv": "csv"}, aliases={"text": "txt"}, sniff=_sniff, sniff_rank=100,
+)
