@@ -213,14 +213,15 @@ class Cascade:
     def generate(self, events: Any = None, video: Any = None, prompt: str = DEFAULT_PROMPT, *,
                  start_us: int | None = None, end_us: int | None = None, video_offset_us: int = 0,
                  mode: str = "cascade", allow_pickle: bool = False, on_text=None, clip: Any = None,
-                 **options: Any) -> Answer:
+                 events_topic: str | None = None, video_topic: str | None = None, **options: Any) -> Answer:
         """Answer ``prompt`` about a clip.
 
         ``events``: a path, an `Events`, or a structured array (x, y, t, p); ``video``: a path, a `Video`, or
         uint8 frames ``[T, H, W, 3]``; or ``clip``: an `evcascade.clip.Clip` already on one clock (then events,
         video and the window arguments are not used). ``options`` are `GenerationOptions` fields
         (max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_strings, draft_k, adaptive, and the
-        opt-in lossy ``acceptance`` / ``lenience``: lossless unless asked).
+        opt-in lossy ``acceptance`` / ``lenience``: lossless unless asked). ``events_topic`` / ``video_topic``
+        choose the topics of ROS bags (default: the bag's only event / image topic).
         ``on_text(piece)`` is called with each new piece of the answer's text.
         """
         from evcascade.clip import load_clip
@@ -239,7 +240,8 @@ class Cascade:
             if events_in is None:
                 raise InputError("events are required (a path, an Events, or a structured array)")
             clip = load_clip(events_in, video_in, start_us=start_us, end_us=end_us, video_offset_us=video_offset_us,
-                             num_frames=self.num_frames, allow_pickle=allow_pickle)
+                             num_frames=self.num_frames, allow_pickle=allow_pickle,
+                             events_topic=events_topic, video_topic=video_topic)
         elif len(clip.video) != self.num_frames:
             raise InputError(f"the clip has {len(clip.video)} frames but this target takes {self.num_frames}")
         merged = {**self.generation_defaults, **options}

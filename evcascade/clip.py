@@ -109,26 +109,26 @@ def clip_window(events_range: Range, video_range: Range, start_us: int | None = 
     return start, end
 
 
-def _events_range(events, allow_pickle: bool) -> tuple[Range, str | None]:
+def _events_range(events, allow_pickle: bool, topic: str | None = None) -> tuple[Range, str | None]:
     if isinstance(events, Events):
         return ((events.start_us, events.end_us) if len(events) else None), None
     if not isinstance(events, (str, Path)):
         raise InputError(f"events must be a path or an Events, got {type(events).__name__}")
     from evcascade.events.io import event_file_info
 
-    info = event_file_info(events, allow_pickle=allow_pickle)
+    info = event_file_info(events, allow_pickle=allow_pickle, topic=topic)
     span = (info.start_us, info.end_us) if info.start_us is not None else None
     return span, str(events)
 
 
-def _video_range(video, video_offset_us: int) -> tuple[Range, str | None]:
+def _video_range(video, video_offset_us: int, topic: str | None = None) -> tuple[Range, str | None]:
     if isinstance(video, Video):
         if len(video) == 0:
             raise InputError("video has no frames")
         return (video.start_us + video_offset_us, video.end_us + video_offset_us), None
     if not isinstance(video, (str, Path)):
         raise InputError(f"video must be a path or a Video, got {type(video).__name__}")
-    info = video_info(video, video_offset_us=video_offset_us)
+    info = video_info(video, video_offset_us=video_offset_us, topic=topic)
     return (info.start_us, info.end_us), str(video)
 
 
@@ -142,12 +142,15 @@ def load_clip(
     num_frames: int = 8,
     event_window_us: int | None = None,
     allow_pickle: bool = False,
+    events_topic: str | None = None,
+    video_topic: str | None = None,
 ) -> Clip:
     """Events and ``num_frames`` video frames of one window, on the events' clock (see the module notes).
 
     ``events`` is a path (any format ``read_events`` knows) or an ``Events``; ``video`` a path (video file
     or DSEC image folder) or a ``Video``. ``allow_pickle`` is passed to the event reader (EventGPT's
-    pickled files execute code when loaded, so they need the opt-in).
+    pickled files execute code when loaded, so they need the opt-in). ``events_topic`` / ``video_topic``
+    choose the topics of ROS bags (default: the bag's only event / image topic).
 
     >>> from evcascade.cascade import ASSETS
     >>> clip = load_clip(ASSETS / "sample" / "events.h5", ASSETS / "sample" / "video.mp4", num_frames=8)
@@ -156,8 +159,8 @@ def load_clip(
     """
     if event_window_us is not None and (isinstance(event_window_us, bool) or int(event_window_us) <= 0):
         raise InputError(f"event_window_us must be a positive number of microseconds or None, got {event_window_us!r}")
-    events_range, events_path = _events_range(events, allow_pickle)
-    video_range, video_path = _video_range(video, video_offset_us)
+    events_range, events_path = _events_range(events, allow_pickle, events_topic)
+    video_range, video_path = _video_range(video, video_offset_us, video_topic)
     start, end = clip_window(events_range, video_range, start_us, end_us)
     events_start = start if event_window_us is None else max(start, end - int(event_window_us))
 
@@ -166,9 +169,9 @@ def load_clip(
     else:
         from evcascade.events.io import read_events
 
-        window_events = read_events(events_path, events_start, end, allow_pickle=allow_pickle)
+        window_events = read_events(events_path, events_start, end, allow_pickle=allow_pickle, topic=events_topic)
     if video_path is None:
         window_video = video.shift_time(video_offset_us).sample(num_frames, start, end, source="video")
     else:
-        window_video = read_video(video_path, num_frames, start, end, video_offset_us=video_offset_us)
+        window_video = read_video(video_path, num_frames, start, end, video_offset_us=video_offset_us, topic=video_topic)
     return Clip(window_events, window_video, start, end, events_start, events_path, video_path)

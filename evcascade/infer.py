@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     from evcascade.decoding.lossy import RULES as ACCEPTANCE_RULES
 
     p = _Parser(prog="python -m evcascade.infer", description=__doc__.split("\n")[0])
-    p.add_argument("--events", required=True, help="event file (DSEC .h5, .h5, .npz, .npy, .txt/.csv, .raw, .dat, .aedat4)")
-    p.add_argument("--video", required=True, help="video file (.mp4, ...) or DSEC sequence/images folder")
+    p.add_argument("--events", required=True, help="event file (DSEC .h5, .h5, .npz, .npy, .txt/.csv, .raw, .dat, .aedat4, .aedat, .es) or ROS bag (.bag, ROS 2 folder, .db3, .mcap)")
+    p.add_argument("--video", required=True, help="video file (.mp4, ...), DSEC sequence/images folder or ROS bag")
+    p.add_argument("--events-topic", default=None, help="ROS bags: the event topic (default: the bag's only one)")
+    p.add_argument("--video-topic", default=None, help="ROS bags: the image topic (default: the bag's only one)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"question (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--start-us", type=int, default=None, help="window start on the events clock (us)")
     p.add_argument("--end-us", type=int, default=None, help="window end on the events clock (us, exclusive)")
@@ -154,6 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         clip = load_clip(
             args.events, args.video, start_us=args.start_us, end_us=args.end_us,
             video_offset_us=args.video_offset_us, num_frames=num_frames, allow_pickle=args.allow_pickle,
+            events_topic=args.events_topic, video_topic=args.video_topic,
         )
     timings["load_clip"] = time.perf_counter() - t0
     inputs = {

@@ -196,11 +196,23 @@ class _Source:
     reader: Callable[[np.ndarray], np.ndarray]  # sorted unique indices [n] -> uint8 [n, H, W, 3]
 
 
-def _open(path, video_offset_us: int, need_size: bool) -> _Source:
-    """Open a video file or a DSEC image folder without decoding more than (at most) one frame."""
+def _open(path, video_offset_us: int, need_size: bool, topic: str | None = None) -> _Source:
+    """Open a video file, a DSEC image folder or a ROS bag's image topic without decoding more than one frame."""
     resolved = Path(path).expanduser()
     if not resolved.exists():
         raise InputFileNotFoundError(f"no such video file or image folder: {str(path)!r}")
+    from evcascade.bags import is_bag
+
+    if is_bag(resolved):  # header-stamped frames: evcascade/bag_video.py
+        from evcascade.bag_video import open_bag_images
+
+        images = open_bag_images(resolved, topic)
+        span_us = int(images.timestamps_us[-1] - images.timestamps_us[0])
+        fps = (len(images.timestamps_us) - 1) * 1e6 / span_us if span_us > 0 else 0.0
+        return _Source(images.path, images.timestamps_us + np.int64(video_offset_us), fps,
+                       images.width, images.height, images.reader)
+    if topic is not None:
+        raise InputError(f"topic={topic!r} applies to ROS bags only, not to {str(path)!r}")
     if resolved.is_dir():
         return _open_image_folder(resolved, video_offset_us)
     if resolved.suffix.lower() not in VIDEO_SUFFIXES:
@@ -374,7 +386,7 @@ def _open_image_folder(folder: Path, offset_us: int) -> _Source:
 
 
 # ---------------------------------------------------------------------------------------------- public
-def video_info(path, *, video_offset_us: int = 0) -> VideoInfo:
+def video_info(path, *, video_offset_us: int = 0, topic: str | None = None) -> VideoInfo:
     """Frame count, rate, time range and size of a video file or DSEC image folder, decoding at most one frame.
 
     >>> from evcascade.cascade import ASSETS
@@ -382,7 +394,7 @@ def video_info(path, *, video_offset_us: int = 0) -> VideoInfo:
     >>> info.num_frames, info.fps, (info.start_us, info.end_us), (info.width, info.height)
     (30, 20.0, (0, 1450001), (64, 64))
     """
-    source = _open(path, video_offset_us, need_size=True)
+    source = _open(path, video_offset_us, need_size=True, topic=topic)
     return VideoInfo(
         path=source.path, num_frames=int(source.timestamps_us.shape[0]), fps=source.fps,
         start_us=int(source.timestamps_us[0]), end_us=int(source.timestamps_us[-1]) + 1,
@@ -391,7 +403,8 @@ def video_info(path, *, video_offset_us: int = 0) -> VideoInfo:
 
 
 def read_video(
-    path, num_frames: int = 8, start_us: int | None = None, end_us: int | None = None, *, video_offset_us: int = 0
+    path, num_frames: int = 8, start_us: int | None = None, end_us: int | None = None, *, video_offset_us: int = 0,
+    topic: str | None = None,
 ) -> Video:
     """``num_frames`` RGB frames sampled uniformly over ``[start_us, end_us)`` of a video file or DSEC folder.
 
@@ -404,7 +417,7 @@ def read_video(
     >>> video.frames.shape, video.timestamps_us[:3].tolist(), video.key_frame.shape
     ((8, 64, 64, 3), [0, 200000, 400000], (64, 64, 3))
     """
-    source = _open(path, video_offset_us, need_size=False)
+    source = _open(path, video_offset_us, need_size=False, topic=topic)
     indices = _sample_window(source.timestamps_us, num_frames, start_us, end_us, repr(source.path))  # [num_frames]
     unique, inverse = np.unique(indices, return_inverse=True)
     frames = source.reader(unique)  # [U, H, W, 3]

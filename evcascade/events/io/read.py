@@ -32,7 +32,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from evcascade.errors import require_file
+from evcascade.errors import InputError, require_file
 from evcascade.events.container import Events
 from evcascade.events.io.common import EventFileInfo, check_sensor_size, check_window
 from evcascade.events.io.detect import detect_format, directory_format
@@ -46,6 +46,12 @@ def _source(path) -> Path:
     if resolved.is_dir() and directory_format(resolved) is not None:
         return resolved
     return require_file(path)
+
+
+def _check_topic(kind: str, topic: str | None) -> str:
+    if topic is not None and kind != "ros":
+        raise InputError(f"topic={topic!r} applies to ROS bags only; this is a {kind} file")
+    return kind
 
 
 def read_events(
@@ -79,7 +85,7 @@ def read_events(
     file = _source(path)
     start, end = check_window(start_us, end_us)
     size = check_sensor_size(sensor_size)
-    kind = detect_format(file, format)
+    kind = _check_topic(detect_format(file, format), topic)
     options = ReadOptions(allow_pickle=allow_pickle, time_unit=time_unit, topic=topic)
     events = reader_for(kind).read(file, start, end, kind=kind, sort=sort, sensor_size=size, options=options)
     if rectify_map is not None:
@@ -105,6 +111,6 @@ def event_file_info(
     ('dsec', 100, 2001, 2)
     """
     file = _source(path)
-    kind = detect_format(file, format)
+    kind = _check_topic(detect_format(file, format), topic)
     options = ReadOptions(allow_pickle=allow_pickle, topic=topic)
     return reader_for(kind).info(file, kind=kind, options=options)
