@@ -16,6 +16,8 @@ import pytest
 from io_helpers import encode_evt3, random_events
 from ros_helpers import BagWriter, reference_decode_evt3
 
+pytest.importorskip("rosbags", reason="the [ros] extra (rosbags) writes and reads the test bags")
+
 from evcascade.errors import InputError
 from evcascade.events.io import detect_format, event_file_info, read_events
 from evcascade.video import read_video, video_info
