@@ -240,3 +240,24 @@ def test_corrupt_payload_names_path(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(InputError, match="events.h5"):
         read_events(path)
+
+
+def test_writer_picks_t_offset_for_real_size_times(tmp_path):
+    # DSEC's image clock: times ~5e10 us (t_offset 49_599_300_529 in a real recording) do not fit uint32 as they are
+    t_offset = 49_599_300_529
+    ev = Events.from_arrays([1, 2, 3, 0], [0, 1, 0, 1], np.array([0, 1500, 2600, 9000]) + t_offset, [1, 0, 1, 1],
+                            sensor_size=(4, 2))
+    source = write_events(tmp_path / "source.h5", ev, t_offset_us=t_offset - 1000)
+    window = read_events(source, t_offset + 1000, t_offset + 9000)  # a window read from the DSEC file...
+    out = write_events(tmp_path / "window.h5", window)  # ...writes back without choosing an offset
+    with h5py.File(out, "r") as f:
+        assert int(f["t_offset"][()]) == t_offset + 1500 and f["events/t"][()].tolist() == [0, 1100]
+    back = read_events(out)
+    assert back.t_us.tolist() == window.t_us.tolist() == [t_offset + 1500, t_offset + 2600]
+    assert back.x.tolist() == window.x.tolist() and back.p.tolist() == window.p.tolist()
+    assert read_events(write_events(tmp_path / "small.h5", Events.from_arrays([0], [0], [7], [1], (1, 1)))).t_us.tolist() == [7]
+    with h5py.File(tmp_path / "small.h5", "r") as f:
+        assert int(f["t_offset"][()]) == 0  # times that fit stay as they are
+    too_long = Events.from_arrays([0, 1], [0, 0], [t_offset, t_offset + 2**32 + 5], [1, 0], sensor_size=(2, 1))
+    with pytest.raises(InputError, match="about 71 min"):
+        write_events(tmp_path / "long.h5", too_long)

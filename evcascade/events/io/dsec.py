@@ -144,12 +144,21 @@ def dsec_info(path: Path) -> EventFileInfo:
         return EventFileInfo(path, "dsec", size, start, end, n)
 
 
-def write_events(path, events: Events, t_offset_us: int = 0) -> Path:
+def _auto_t_offset(events: Events) -> int:
+    """0 when the events' times fit DSEC's uint32 as they are, else the first event's time."""
+    if len(events) == 0 or (events.start_us >= 0 and events.end_us - 1 <= _T_MAX_US):
+        return 0
+    return int(events.start_us)
+
+
+def write_events(path, events: Events, t_offset_us: int | None = None) -> Path:
     """Write ``events`` as a DSEC ``events.h5`` (Blosc+ZSTD, chunked, with ms_to_idx); return the path.
 
     Times are stored as uint32 microseconds relative to ``t_offset_us``, so the events must lie in
-    [t_offset_us, t_offset_us + 2**32 - 1]. The file is written next to ``path`` and renamed into
-    place, so a failed write never leaves a half-written file at ``path``.
+    [t_offset_us, t_offset_us + 2**32 - 1]. ``t_offset_us=None`` (the default) picks it: 0 when the
+    times fit as they are, else the first event's time (a window read from a real DSEC file, whose
+    times are ~5e10 us on the image clock, writes back as it was read). The file is written next to
+    ``path`` and renamed into place, so a failed write never leaves a half-written file at ``path``.
 
     >>> import tempfile, os
     >>> ev = Events.from_arrays([1, 2], [0, 1], [1000, 2500], [1, 0], sensor_size=(4, 2))
@@ -163,7 +172,9 @@ def write_events(path, events: Events, t_offset_us: int = 0) -> Path:
 
     if not isinstance(events, Events):
         raise InputError(f"write_events needs an Events, got {type(events).__name__}")
-    if not isinstance(t_offset_us, (int, np.integer)):
+    if t_offset_us is None:
+        t_offset_us = _auto_t_offset(events)
+    if isinstance(t_offset_us, bool) or not isinstance(t_offset_us, (int, np.integer)):
         raise InputError(f"t_offset_us must be an integer number of microseconds, got {t_offset_us!r}")
     out = Path(path).expanduser()
     if not out.parent.is_dir():
@@ -172,10 +183,13 @@ def write_events(path, events: Events, t_offset_us: int = 0) -> Path:
         raise InputError(f"cannot write {str(path)!r}: it is a directory")
     t_rel = events.t_us - np.int64(t_offset_us)  # [N] int64
     if len(events) and (t_rel[0] < 0 or t_rel[-1] > _T_MAX_US):
+        too_long = events.end_us - 1 - events.start_us > _T_MAX_US
+        hint = ("the span is longer than any uint32 offset allows (about 71 min): write the recording in parts"
+                if too_long else "choose t_offset_us <= the first event's time, or leave it out")
         raise InputError(
             f"events span [{events.start_us}, {events.end_us}) us, which does not fit DSEC's uint32 times "
             f"relative to t_offset_us={int(t_offset_us)} (allowed [{int(t_offset_us)}, "
-            f"{int(t_offset_us) + _T_MAX_US}]); choose t_offset_us <= the first event's time"
+            f"{int(t_offset_us) + _T_MAX_US}]); {hint}"
         )
     compression = hdf5plugin.Blosc(cname="zstd", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE)
     chunk = (max(1, min(len(events), _CHUNK_ROWS)),)
