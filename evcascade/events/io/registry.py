@@ -73,7 +73,7 @@ class EventFormat:
 
 # The order formats are listed in (error messages, FORMATS); a module not named here still
 # registers itself, after these.
-_LISTED = ("dsec", "hdf5", "numpy_files", "text", "prophesee", "aedat", "aedat2", "event_stream", "ros")
+_LISTED = ("dsec", "hdf5", "numpy_files", "text", "prophesee", "aedat", "aedat2", "aedat3", "event_stream", "ros")
 
 
 @lru_cache(maxsize=1)

@@ -38,6 +38,7 @@ import numpy as np
 from evcascade.bags import BAG_SUFFIXES, choose_topic, is_bag, messages, open_bag, stamp_ns
 from evcascade.errors import InputError
 from evcascade.events.container import Events
+from evcascade.events.io.aedat3 import POLARITY_EVENT, decode_polarity
 from evcascade.events.io.common import EventFileInfo, assemble
 from evcascade.events.io.prophesee import Decoded, Evt3State, decode_evt3
 from evcascade.events.io.registry import EventFormat
@@ -73,13 +74,13 @@ def _decode_mono(payload: np.ndarray, time_base_ns: int) -> _Packet:
 
 
 def _decode_libcaer(payload: np.ndarray, time_base_ns: int) -> _Packet:
-    records = np.frombuffer(payload.tobytes(), np.dtype([("data", "<u4"), ("t", "<i4")]), count=payload.shape[0] // 8)
-    data = records["data"].astype(np.int64)  # [n]
-    t_low_us = records["t"].astype(np.int64)
+    records = np.frombuffer(payload.tobytes(), POLARITY_EVENT, count=payload.shape[0] // 8)
+    x, y, p, _ = decode_polarity(records["data"])  # libcaer's polarity word, as in AEDAT 3.1
+    t_low_us = records["t"].astype(np.int64)  # [n]
     # The 31-bit microsecond counter may roll over inside a packet (libcaer's polarity.h / event_camera_codecs).
     rollovers = np.concatenate([[0], np.cumsum(np.diff(t_low_us) < 0)]) if t_low_us.shape[0] else _EMPTY
     t_ns = np.int64(time_base_ns) + (t_low_us + (rollovers << 31)) * 1000
-    return _Packet((data >> 17) & 0x7FFF, (data >> 2) & 0x7FFF, t_ns // 1000, (data >> 1) & 1)
+    return _Packet(x, y, t_ns // 1000, p)
 
 
 class _Evt3Stream:
