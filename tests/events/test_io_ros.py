@@ -293,3 +293,32 @@ def test_main_command_answers_on_a_bag(bags, scene, kind, capsys):
     assert code == 2 and "no topic '/nope'" in capsys.readouterr().err
     code = infer.main(["--events", path, "--video", path, "--video-topic", "/events", "--json"])
     assert code == 2 and "not an image topic" in capsys.readouterr().err
+
+
+def test_load_clip_and_generate_take_the_topics(bags, scene, monkeypatch):
+    from types import SimpleNamespace
+
+    import evcascade.clip as clip_module
+    from evcascade.cascade import Cascade
+
+    path = bags["mcap"]
+    clip = clip_module.load_clip(path, path, num_frames=3, events_topic="/events", video_topic="/cam/image_raw")
+    stamps_us = np.asarray(scene["stamps"]) // 1000
+    assert clip.video.timestamps_us[0] == stamps_us[0] and len(clip.video) == 3
+    assert_events(clip.events, scene["reference"], clip.start_us, clip.end_us)
+    with pytest.raises(InputError, match="no topic '/other'"):
+        clip_module.load_clip(path, path, events_topic="/other")
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load_clip(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(clip_module, "load_clip", fake_load_clip)
+    with pytest.raises(Stop):
+        Cascade.generate(SimpleNamespace(num_frames=2), path, path, events_topic="/events", video_topic="/cam/image_raw")
+    assert (seen["events_topic"], seen["video_topic"]) == ("/events", "/cam/image_raw")
