@@ -23,7 +23,8 @@ class EventFileInfo:
 
     ``start_us`` is the first event's time and ``end_us`` one past the last event's, both on the
     file's clock (for DSEC the image clock, ``t + t_offset``); both are None for a file with no
-    events. ``sensor_size`` is (W, H) when the file records it, else None.
+    events. ``sensor_size`` is (W, H) when the file records it, else None. ``num_events`` is None
+    where counting would need a full decode that the summary avoids (ROS bags).
     """
 
     path: Path
@@ -31,7 +32,7 @@ class EventFileInfo:
     sensor_size: tuple[int, int] | None
     start_us: int | None
     end_us: int | None
-    num_events: int
+    num_events: int | None
 
 
 def check_window(start_us: int | None, end_us: int | None) -> tuple[int | None, int | None]:

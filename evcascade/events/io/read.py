@@ -102,7 +102,7 @@ def event_file_info(
 
     Cheap (a few element reads) for dsec, hdf5, npy and dat; a line scan for text; a full
     decode in bounded memory for raw, aedat and es (no index); a full load for npz and eventgpt;
-    for a ROS bag, the first and last packets of the event topic and the index's message count.
+    for a ROS bag, the first and the last packets of the event topic (no count: ``num_events`` is None).
 
     >>> import tempfile, os
     >>> ev = Events.from_arrays([1, 2], [0, 1], [100, 2000], [1, 0], sensor_size=(4, 2))

@@ -173,6 +173,7 @@ class _Clock(NamedTuple):
     record_minus_stamp_ns: int
     first_record_ns: int
     sensor_size: tuple[int, int] | None
+    first_event_us: int | None = None  # on the ROS clock
 
 
 def _size(msg) -> tuple[int, int] | None:
@@ -193,7 +194,8 @@ def _clock(reader, path: Path, topic) -> _Clock:
                 offset_us = 0  # already on the ROS clock
             else:
                 offset_us = stamp_ns(msg.header.stamp) // 1000 - int(packet.t_us[0])
-            return _Clock(offset_us, first_record[0] - first_record[1], first_record[0], first_record[2])
+            return _Clock(offset_us, first_record[0] - first_record[1], first_record[0], first_record[2],
+                          int(packet.t_us[0]) + offset_us)
     size = first_record[2] if first_record else None
     return _Clock(0, 0, first_record[0] if first_record else 0, size)
 
@@ -245,18 +247,29 @@ def _read(path: Path, start_us, end_us, *, kind, sort, sensor_size, options) -> 
     return assemble(source, x, y, t_us, p, sensor_size or clock.sensor_size, start_us=start_us, end_us=end_us, sort=sort)
 
 
+def _last_event_us(reader, path: Path, topic, clock: _Clock) -> int | None:
+    """The topic's last event time, decoding only its last messages (record time from the bag's end - a margin)."""
+    margin_ns = _MARGIN_NS
+    while True:
+        start_ns = reader.end_time - margin_ns
+        if start_ns <= clock.first_record_ns:
+            start_ns = None
+        last = None
+        for packet in _packets(reader, path, topic, clock, start_ns):
+            last = int(packet.t_us[-1]) if last is None else max(last, int(packet.t_us[-1]))
+        if last is not None or start_ns is None:
+            return last
+        margin_ns *= 4
+
+
 def _info(path: Path, *, kind, options) -> EventFileInfo:
-    """The event topic decoded once (bounded memory): first and last event time and the count."""
+    """First and last event times from the first and the last messages of the event topic (the count is None:
+    it would need the whole topic decoded)."""
     with open_bag(path) as reader:
         topic = choose_topic(reader, path, EVENT_TYPES, options.topic, "event", "--events-topic")
         clock = _clock(reader, path, topic)
-        first = last = None
-        n = 0
-        for packet in _packets(reader, path, topic, clock, None):
-            first = int(packet.t_us[0]) if first is None else first
-            last = int(packet.t_us[-1]) if last is None else max(last, int(packet.t_us[-1]))
-            n += int(packet.t_us.shape[0])
-    return EventFileInfo(path, "ros", clock.sensor_size, first, None if last is None else last + 1, n)
+        last = _last_event_us(reader, path, topic, clock) if clock.first_event_us is not None else None
+    return EventFileInfo(path, "ros", clock.sensor_size, clock.first_event_us, None if last is None else last + 1, None)
 
 
 def _sniff(path: Path, head: bytes) -> str | None:
