@@ -15,6 +15,7 @@ images; reading frames deserialises only the messages between the first and the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -80,9 +81,18 @@ def decode_image(msg, msgtype: str, source: str) -> np.ndarray:
     return np.ascontiguousarray(rgb[..., ::-1] if encoding.startswith("bgr") else rgb)
 
 
-def open_bag_images(path, topic: str | None = None) -> BagImages:
-    """The image topic of bag ``path`` (``topic``, else its only image topic) opened for sampling."""
-    path = Path(path).expanduser()
+def _fingerprint(path: Path) -> tuple:
+    """(name, size, mtime) of the bag's file(s): a changed bag is scanned again."""
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
+
+
+@lru_cache(maxsize=8)
+def _scan(path: Path, topic: str | None, fingerprint: tuple) -> tuple[str, str, np.ndarray, np.ndarray, int, int]:
+    """Topic name and type, record times and header stamps (ns, record order) and frame size of an image topic.
+
+    Cached per bag version: ``video_info`` and ``read_video`` of one clip share one pass.
+    """
     with open_bag(path) as reader:
         chosen = choose_topic(reader, path, IMAGE_TYPES, topic, "image", "--video-topic")
         ros1 = not reader.is2
@@ -94,10 +104,20 @@ def open_bag_images(path, topic: str | None = None) -> BagImages:
             raise InputError(f"{str(path)!r}: image topic {chosen.name!r} has no messages")
         first = next(messages(reader, chosen))[1]
         height, width = decode_image(first, chosen.msgtype, f"{path}:{chosen.name}").shape[:2]
-    records_ns = np.asarray(records, np.int64)  # [N] in record (index) order
-    order = np.argsort(np.asarray(stamps, np.int64), kind="stable")  # [N] frame i = message order[i]
-    timestamps_us = np.asarray(stamps, np.int64)[order] // 1000
-    source = f"{path}:{chosen.name}"
+    return chosen.name, chosen.msgtype, np.asarray(records, np.int64), np.asarray(stamps, np.int64), width, height
+
+
+def open_bag_images(path, topic: str | None = None) -> BagImages:
+    """The image topic of bag ``path`` (``topic``, else its only image topic) opened for sampling.
+
+    Opening reads every message of the topic once (header stamps from the bytes, no image decoded);
+    reading frames deserialises and decodes only the sampled messages.
+    """
+    path = Path(path).expanduser()
+    name, msgtype, records_ns, stamps_ns, width, height = _scan(path, topic, _fingerprint(path))
+    order = np.argsort(stamps_ns, kind="stable")  # [N] frame i = message order[i] (record order)
+    timestamps_us = stamps_ns[order] // 1000
+    source = f"{path}:{name}"
 
     def read(indices: np.ndarray) -> np.ndarray:
         positions = order[indices]  # message positions in record order
@@ -105,18 +125,25 @@ def open_bag_images(path, topic: str | None = None) -> BagImages:
         frames: list[np.ndarray | None] = [None] * len(positions)
         lo = int(positions.min())
         first_pos = int(np.searchsorted(records_ns, records_ns[lo], side="left"))
-        with open_bag(path) as again:
-            topic_again = choose_topic(again, path, IMAGE_TYPES, chosen.name, "image", "--video-topic")
-            for pos, (_, msg) in enumerate(messages(again, topic_again, int(records_ns[lo])), start=first_pos):
-                if pos in wanted:
-                    frame = decode_image(msg, chosen.msgtype, source)
-                    if frame.shape[:2] != (height, width):
-                        raise InputError(f"{source}: frame {pos} is {frame.shape[1]}x{frame.shape[0]}, "
-                                         f"the first is {width}x{height}")
-                    frames[wanted[pos]] = frame
-                    del wanted[pos]
-                    if not wanted:
-                        break
+        from rosbags.highlevel import AnyReaderError
+
+        with open_bag(path) as reader:
+            chosen = choose_topic(reader, path, IMAGE_TYPES, name, "image", "--video-topic")
+            raw_messages = reader.messages(connections=chosen.connections, start=int(records_ns[lo]))
+            for pos, (connection, _, raw) in enumerate(raw_messages, start=first_pos):
+                if pos not in wanted:
+                    continue  # not sampled: never deserialised
+                try:
+                    msg = reader.deserialize(raw, connection.msgtype)
+                except AnyReaderError as err:
+                    raise InputError(f"{source}: cannot decode image message {pos}: {err}") from None
+                frame = decode_image(msg, msgtype, source)
+                if frame.shape[:2] != (height, width):
+                    raise InputError(f"{source}: frame {pos} is {frame.shape[1]}x{frame.shape[0]}, "
+                                     f"the first is {width}x{height}")
+                frames[wanted.pop(pos)] = frame
+                if not wanted:
+                    break
         return np.stack(frames)
 
     return BagImages(source, timestamps_us, int(width), int(height), read)
