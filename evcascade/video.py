@@ -212,7 +212,7 @@ def _open(path, video_offset_us: int, need_size: bool, topic: str | None = None)
         return _Source(images.path, images.timestamps_us + np.int64(video_offset_us), fps,
                        images.width, images.height, images.reader)
     if topic is not None:
-        raise InputError(f"topic={topic!r} applies to ROS bags only, not to {str(path)!r}")
+        raise InputError(f"a video topic ({topic!r}; CLI: --video-topic) applies to ROS bags only, not to {str(path)!r}")
     if resolved.is_dir():
         return _open_image_folder(resolved, video_offset_us)
     if resolved.suffix.lower() not in VIDEO_SUFFIXES:

@@ -50,7 +50,7 @@ def _source(path) -> Path:
 
 def _check_topic(kind: str, topic: str | None) -> str:
     if topic is not None and kind != "ros":
-        raise InputError(f"topic={topic!r} applies to ROS bags only; this is a {kind} file")
+        raise InputError(f"an event topic ({topic!r}; CLI: --events-topic) applies to ROS bags only; this is a {kind} file")
     return kind
 
 
