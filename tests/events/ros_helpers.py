@@ -140,3 +140,45 @@ def reference_decode_evt3(words: np.ndarray):
                     ps.append(pol), at.append(i)
             base += bits
     return tuple(np.asarray(v, np.int64) for v in (xs, ys, ts, ps, at))
+
+
+def encode_libcaer_cmp(x, y, t_rel_us, p, use_vectors: bool = True) -> np.ndarray:
+    """One packet of compressed libcaer words (event_camera_codecs' layout): times relative to the packet's
+    time_base (< 2**24 us). Runs of equal (t, x, p) with nearby y become VECT_BASE_Y + VECT_8 words.
+    Returns the words and the event order they encode (indices into the inputs)."""
+    words: list[int] = []
+    high = low = x_now = None
+    order = np.lexsort((y, p, x, t_rel_us))
+    emitted = []
+    i, n = 0, len(order)
+    while i < n:
+        k = order[i]
+        ti, xi, pi = int(t_rel_us[k]), int(x[k]), int(p[k])
+        if ti >> 12 != high:
+            high = ti >> 12
+            words.append((0 << 12) | high)
+        if ti & 0xFFF != low:
+            low = ti & 0xFFF
+            words.append((1 << 12) | low)
+        if xi != x_now:
+            x_now = xi
+            words.append((2 << 12) | xi)
+        j = i
+        while j < n and (int(t_rel_us[order[j]]), int(x[order[j]]), int(p[order[j]])) == (ti, xi, pi):
+            j += 1
+        run = order[i:j]  # y ascending
+        if use_vectors and len(run) > 1:
+            remaining = [int(y[r]) for r in run]
+            while remaining:
+                base = remaining[0]
+                words.append((4 << 12) | (pi << 11) | base)
+                while remaining and remaining[0] - base < 8 * 3:  # up to three VECT_8 words per base
+                    mask = sum(1 << (v - base) for v in remaining if 0 <= v - base < 8)
+                    words.append((5 << 12) | mask)
+                    remaining = [v for v in remaining if v - base >= 8]
+                    base += 8
+        else:
+            words.extend((3 << 12) | (pi << 11) | int(y[r]) for r in run)
+        emitted.extend(run.tolist())
+        i = j
+    return np.array(words, dtype="<u2"), np.asarray(emitted)

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 from io_helpers import encode_evt3, random_events
-from ros_helpers import BagWriter, reference_decode_evt3
+from ros_helpers import BagWriter, encode_libcaer_cmp, reference_decode_evt3
 
 pytest.importorskip("rosbags", reason="the [ros] extra (rosbags) writes and reads the test bags")
 
@@ -151,7 +151,7 @@ def _split(n, parts):
 
 @pytest.fixture(scope="module")
 def layouts_bag(tmp_path_factory):
-    """One ROS 2 bag with a topic per layout (mono, libcaer, dvs_msgs, prophesee_event_msgs, libcaer_cmp)."""
+    """One ROS 2 bag with a topic per layout (mono, libcaer, libcaer_cmp, dvs_msgs, prophesee_event_msgs, trigger)."""
     x, y, t, p = _unique_events(600, seed=3)
     ros_t = t + OFFSET_US
     path = tmp_path_factory.mktemp("layouts") / "layouts"
@@ -175,14 +175,32 @@ def layouts_bag(tmp_path_factory):
             for topic, msgtype in (("/dvs", "dvs_msgs/msg/EventArray"),
                                    ("/prophesee", "prophesee_event_msgs/msg/EventArray")):
                 bag.write(topic, msgtype, record, bag.event_array(msgtype, stamp, cx, cy, ros_t[chunk] * 1000, cp, SIZE))
+            cmp_words, _ = encode_libcaer_cmp(cx, cy, ct - (int(ct[0]) - 5), cp)
             bag.write("/cmp", "event_camera_msgs/msg/EventPacket", record,
-                      bag.packet("event_camera_msgs/msg/EventPacket", stamp, b"\0" * 16, "libcaer_cmp", SIZE))
+                      bag.packet("event_camera_msgs/msg/EventPacket", stamp, cmp_words.tobytes(), "libcaer_cmp",
+                                 SIZE, time_base=(int(ct[0]) - 5) * 1000))
+            bag.write("/trigger", "event_camera_msgs/msg/EventPacket", record,
+                      bag.packet("event_camera_msgs/msg/EventPacket", stamp, b"\0" * 16, "trigger", SIZE))
     return path, (x, y, ros_t, p)
 
 
-@pytest.mark.parametrize("topic", ["/mono", "/libcaer", "/dvs", "/prophesee"])
+def _canonical(events_or_arrays):
+    """Events ordered by (t, x, y, p): encoders may order events of equal time differently."""
+    x, y, t, p = (np.asarray(a) for a in events_or_arrays)
+    order = np.lexsort((p, y, x, t))
+    return x[order], y[order], t[order], p[order]
+
+
+@pytest.mark.parametrize("topic", ["/mono", "/libcaer", "/libcaer_cmp", "/dvs", "/prophesee"])
 def test_each_message_layout_reads_every_event(layouts_bag, topic):
     path, expected = layouts_bag
+    topic = "/cmp" if topic == "/libcaer_cmp" else topic
+    if topic == "/cmp":  # its encoder orders equal-time events by x: compare in one canonical order
+        expected = _canonical(expected)
+        got = read_events(path, topic=topic)
+        np.testing.assert_array_equal(np.stack(_canonical((got.x, got.y, got.t_us, got.p))), np.stack(expected))
+        assert got.sensor_size == SIZE
+        return
     got = read_events(path, topic=topic)
     assert got.sensor_size == SIZE
     assert_events(got, expected)
@@ -198,8 +216,9 @@ def test_topic_choice_errors_name_the_candidates(layouts_bag, bags, tmp_path):
         read_events(path)
     with pytest.raises(InputError, match=r"no topic '/nope'; topics present: /cmp \(event_camera_msgs/msg/EventPacket\)"):
         read_events(path, topic="/nope")
-    with pytest.raises(InputError, match=r"encoding 'libcaer_cmp' are not supported .*supported encodings: evt3, mono"):
-        read_events(path, topic="/cmp")
+    with pytest.raises(InputError, match=r"encoding 'trigger' are not supported \(external trigger events only.*"
+                                         r"supported encodings: evt3, mono, libcaer, libcaer_cmp"):
+        read_events(path, topic="/trigger")
     with pytest.raises(InputError, match=r"'/cam/image_raw' is sensor_msgs/msg/Image, not an event topic"):
         read_events(bags["ros1"], topic="/cam/image_raw")
     with pytest.raises(InputError, match=r"has no image topic .*topics present: /cmp"):
@@ -327,3 +346,23 @@ def test_load_clip_and_generate_take_the_topics(bags, scene, monkeypatch):
     with pytest.raises(Stop):
         Cascade.generate(SimpleNamespace(num_frames=2), path, path, events_topic="/events", video_topic="/cam/image_raw")
     assert (seen["events_topic"], seen["video_topic"]) == ("/events", "/cam/image_raw")
+
+
+def test_libcaer_cmp_vectors_decode_like_single_events():
+    from evcascade.events.io.ros import _CmpState, _decode_libcaer_cmp
+
+    rng = np.random.default_rng(7)
+    t = np.repeat(np.arange(0, 40_000, 997), 6)  # bursts of equal time: (t, x, p) runs become vectors
+    x = np.repeat(rng.integers(0, 60, t.shape[0] // 6), 6)
+    y = (rng.integers(0, 30, t.shape[0]) + np.tile([0, 1, 2, 5, 13, 40], t.shape[0] // 6)) % 64
+    p = np.repeat(rng.integers(0, 2, t.shape[0] // 6), 6)
+    keep = np.unique(np.stack([t, x, p, y], 1), axis=0, return_index=True)[1]
+    x, y, t, p = x[keep], y[keep], t[keep], p[keep]
+    for use_vectors in (True, False):
+        words, order = encode_libcaer_cmp(x, y, t, p, use_vectors=use_vectors)
+        assert ((words >> 12) == 5).any() == use_vectors
+        packet, _ = _decode_libcaer_cmp(np.frombuffer(words.tobytes(), np.uint8), 10_000_000, _CmpState())
+        np.testing.assert_array_equal(packet.x, x[order])
+        np.testing.assert_array_equal(packet.y, y[order])
+        np.testing.assert_array_equal(packet.p, p[order])
+        np.testing.assert_array_equal(packet.t_us, t[order] + 10_000)

@@ -5,16 +5,18 @@ Message layouts read (the event topic is the bag's only topic of these types, or
 =====================================  =============================================================
 event_camera_msgs/EventPacket          packed ``events`` bytes; encodings ``evt3`` (decoded by
 event_array_msgs/EventArray            ``prophesee.decode_evt3``, state carried across packets),
-                                       ``mono`` (64-bit: p<<63 | y<<48 | x<<32 | dt_ns) and ``libcaer``
-                                       (uint32 data: x<<17 | y<<2 | p<<1, int32 t_us). ``libcaer_cmp``
-                                       (compressed libcaer) and ``trigger`` are not supported: a clear error.
+                                       ``mono`` (64-bit: p<<63 | y<<48 | x<<32 | dt_ns), ``libcaer``
+                                       (uint32 data: x<<17 | y<<2 | p<<1, int32 t_us) and ``libcaer_cmp``
+                                       (16-bit words, see ``_decode_libcaer_cmp``). ``trigger`` packets
+                                       (no CD events) and unknown encodings are a clear error.
 dvs_msgs/EventArray                    one ``Event`` (x, y, ts, polarity) per event
 prophesee_event_msgs/EventArray        the same layout
 =====================================  =============================================================
 
 The clock (microseconds): per-event messages carry absolute ROS times, used as they are
 (``sec * 1e6 + nanosec // 1000``). Packed encodings carry sensor time (evt3: the payload's 24-bit
-time, unwrapped; mono: ``time_base + dt``; libcaer: ``time_base + t * 1000``, ns); it is put on the
+time, unwrapped; mono: ``time_base + dt``; libcaer: ``time_base + t * 1000``; libcaer_cmp:
+``time_base + (high << 12 | low) * 1000``, ns, as event_camera_codecs decodes them); it is put on the
 ROS clock by one offset: the topic's first event sits at its packet's header stamp
 (``t = sensor_t + stamp(first packet) - sensor_t(first event)``). One offset keeps event times as
 monotonic as the sensor's (per-packet stamps jitter with host latency); it does not follow drift
@@ -40,17 +42,14 @@ from evcascade.errors import InputError
 from evcascade.events.container import Events
 from evcascade.events.io.aedat3 import POLARITY_EVENT, decode_polarity
 from evcascade.events.io.common import EventFileInfo, assemble
-from evcascade.events.io.prophesee import Decoded, Evt3State, decode_evt3
+from evcascade.events.io.prophesee import Decoded, Evt3State, decode_evt3, forward_fill
 from evcascade.events.io.registry import EventFormat
 
 PACKET_TYPES = ("event_camera_msgs/msg/EventPacket", "event_array_msgs/msg/EventArray")
 ARRAY_TYPES = ("dvs_msgs/msg/EventArray", "prophesee_event_msgs/msg/EventArray")
 EVENT_TYPES = PACKET_TYPES + ARRAY_TYPES
-ENCODINGS = ("evt3", "mono", "libcaer")
-_UNSUPPORTED = {
-    "libcaer_cmp": "compressed libcaer (its decoder is not implemented here; record with encoding 'libcaer')",
-    "trigger": "external trigger events only, no CD events",
-}
+ENCODINGS = ("evt3", "mono", "libcaer", "libcaer_cmp")
+_UNSUPPORTED = {"trigger": "external trigger events only, no CD events"}
 _MARGIN_NS = 1_000_000_000
 _EMPTY = np.zeros(0, np.int64)
 
@@ -81,6 +80,48 @@ def _decode_libcaer(payload: np.ndarray, time_base_ns: int) -> _Packet:
     rollovers = np.concatenate([[0], np.cumsum(np.diff(t_low_us) < 0)]) if t_low_us.shape[0] else _EMPTY
     t_ns = np.int64(time_base_ns) + (t_low_us + (rollovers << 31)) * 1000
     return _Packet(x, y, t_ns // 1000, p)
+
+
+class _CmpState(NamedTuple):
+    """libcaer_cmp decoder state carried between packets (as event_camera_codecs' decoder keeps it)."""
+
+    x: int = 0
+    base_y: int = 0
+    vector_p: int = 0
+
+
+def _decode_libcaer_cmp(payload: np.ndarray, time_base_ns: int, state: _CmpState) -> tuple[_Packet, _CmpState]:
+    """Compressed libcaer words (uint16, code in the 4 MSBs), the layout of event_camera_codecs' decoder.
+
+    Codes: 0 TIME_HIGH [11:0] (time bits 23:12), 1 TIME_LOW [11:0], 2 ADDR_X [10:0], 3 ADDR_Y [10:0] y,
+    [11] p: one event at the current x; 4 VECT_BASE_Y [10:0] y base, [11] p; 5 VECT_8 [7:0] mask: events at
+    y base + bit, then base += 8. Time is per packet: ``time_base + (high << 12 | low) * 1000`` ns, both
+    fields reset to 0 at each packet's start.
+    """
+    words = np.frombuffer(payload.tobytes(), "<u2", count=payload.shape[0] // 2).astype(np.int64)
+    if words.shape[0] == 0:
+        return _Packet(_EMPTY, _EMPTY, _EMPTY, _EMPTY), state
+    code, value = words >> 12, words & 0xFFF  # [n], [n]
+    high = forward_fill(code == 0, value[code == 0], 0)
+    low = forward_fill(code == 1, value[code == 1], 0)
+    x_now = forward_fill(code == 2, value[code == 2] & 0x7FF, state.x)
+    t_us = (np.int64(time_base_ns) + ((high << 12) | low) * 1000) // 1000  # [n] time in force at each word
+    step = np.where(code == 5, 8, 0)
+    advanced = np.cumsum(step) - step
+    is_base = code == 4
+    anchor = forward_fill(is_base, (value[is_base] & 0x7FF) - advanced[is_base], state.base_y)
+    vector_p = forward_fill(is_base, (value[is_base] >> 11) & 1, state.vector_p)
+    singles = np.flatnonzero(code == 3)
+    vec_words = np.flatnonzero(code == 5)
+    rows, bits = np.nonzero((value[vec_words, None] >> np.arange(8)) & 1)
+    vec_word = vec_words[rows]
+    word = np.concatenate([singles, vec_word])
+    y = np.concatenate([value[singles] & 0x7FF, anchor[vec_word] + advanced[vec_word] + bits])
+    p = np.concatenate([(value[singles] >> 11) & 1, vector_p[vec_word]])
+    order = np.argsort(word, kind="stable")  # back into stream order
+    word = word[order]
+    packet = _Packet(x_now[word], y[order], t_us[word], p[order])
+    return packet, _CmpState(int(x_now[-1]), int(anchor[-1] + advanced[-1] + step[-1]), int(vector_p[-1]))
 
 
 class _Evt3Stream:
@@ -135,6 +176,7 @@ class _Decoder:
     def __init__(self, path: Path, msgtype: str, expected_us_at=None) -> None:
         self.path, self.msgtype = path, msgtype
         self.evt3: _Evt3Stream | None = None
+        self.cmp = _CmpState()
         self.expected_us_at = expected_us_at  # header stamp (µs) -> expected sensor time (µs), or None
 
     def __call__(self, msg) -> _Packet:
@@ -158,6 +200,9 @@ class _Decoder:
             return _decode_mono(payload, int(msg.time_base))
         if encoding == "libcaer":
             return _decode_libcaer(payload, int(msg.time_base))
+        if encoding == "libcaer_cmp":
+            packet, self.cmp = _decode_libcaer_cmp(payload, int(msg.time_base), self.cmp)
+            return packet
         why = _UNSUPPORTED.get(encoding, "an unknown encoding")
         raise InputError(
             f"{str(self.path)!r}: event packets with encoding {encoding!r} are not supported ({why}); "
