@@ -51,6 +51,7 @@ EVENT_TYPES = PACKET_TYPES + ARRAY_TYPES
 ENCODINGS = ("evt3", "mono", "libcaer", "libcaer_cmp")
 _UNSUPPORTED = {"trigger": "external trigger events only, no CD events"}
 _MARGIN_NS = 1_000_000_000
+_MAX_PENDING_WORDS = 1 << 20
 _EMPTY = np.zeros(0, np.int64)
 
 
@@ -150,7 +151,10 @@ class _Evt3Stream:
         rest = kinds[h:]
         firsts = [np.flatnonzero(rest == code) for code in (0x6, 0x0)]
         if any(f.shape[0] == 0 for f in firsts):
-            self.pending = self.pending[h:]
+            # A stream of time words only (an idle sensor) must not pile up: past a bound, wait from the
+            # latest TIME_HIGH instead (no event has been decodable since the first one anyway).
+            self.pending = self.pending[h:] if self.pending.shape[0] - h < _MAX_PENDING_WORDS else \
+                self.pending[int(highs[-1]):]
             return Decoded(_EMPTY, _EMPTY, _EMPTY, _EMPTY)
         sync = max(int(f[0]) for f in firsts) + 1
         vectors, bases = np.flatnonzero((rest == 0x4) | (rest == 0x5)), np.flatnonzero(rest == 0x3)
