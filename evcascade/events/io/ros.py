@@ -26,6 +26,8 @@ Windowed reads use the bag's time index: the window's start is mapped to record 
 between the topic's first record time and header clock), read from there minus a margin (1 s,
 doubled until the first event read lies before the window), and reading stops at the first packet
 whose first event is at or past the window's end; events are then cut exactly to [start_us, end_us).
+(A single packet spanning more than the margin, recorded before it, would be missed: drivers publish
+packets of about a millisecond.)
 An EVT3 stream entered mid-way is decoded from the first point where its state is known (a
 TIME_HIGH, then TIME_LOW and ADDR_Y), with the TIME_HIGH wrap count taken from the header stamp.
 """
