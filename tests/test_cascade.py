@@ -125,9 +125,11 @@ def test_model_resolution_errors(tmp_path):
         resolve_model(str(tmp_path))
 
 
-def test_a_preset_whose_weights_are_absent_says_which_and_where(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(InputError, match="LanguageBind/Video-LLaVA-7B-hf.*bundled default"):
+def test_a_preset_whose_weights_are_absent_says_which_and_where(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # whatever this machine holds
+    with pytest.raises(InputError, match="LanguageBind/Video-LLaVA-7B-hf.*JackFram/llama-68m.*bundled default"):
         Cascade.from_pretrained("video-llava-7b")
 
 
