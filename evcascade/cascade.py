@@ -270,7 +270,8 @@ class Cascade:
         video and the window arguments are not used). ``options`` are `GenerationOptions` fields
         (max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_strings, draft_k, adaptive, and the
         opt-in lossy ``acceptance`` / ``lenience``: lossless unless asked).
-        ``on_text(piece)`` is called with each new piece of the answer's text.
+        ``on_text(piece)`` is called with each new piece of the answer's text (whole characters and words, by
+        transformers' ``TextStreamer`` rules).
         """
         from evcascade.clip import load_clip
         from evcascade.decoding.drafters import DraftContext
