@@ -1,10 +1,12 @@
 """Follow a live event stream through the Python API: a video is replayed as a camera, its events simulated on
 the fly, and a `LiveSession` answers every N ms of stream time while the producer threads keep pushing.
 
-    python demos/live_stream.py --video evcascade/assets/sample/video.mp4 --model path/to/cascade --every-ms 250
+    python demos/live_stream.py --video evcascade/assets/sample/video.mp4 --every-ms 250
 
-Without a trained cascade (``--model``, or the bundled one once it ships) it runs an untrained tiny cascade so
-that the plumbing can be watched; its answers are then noise, and it says so.
+By default it asks the bundled demo cascade (a small Video-LLaVA trained on the synthetic world, with its event
+drafters); ``--model`` takes a preset or a folder written by ``Cascade.save_pretrained``. If no cascade is
+installed at all it falls back to an untrained tiny cascade so that the plumbing can be watched; its answers
+are then noise, and it says so.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from evcascade.cascade import Cascade, resolve_model
 from evcascade.errors import InputError
 from evcascade.events import simulate
 from evcascade.live import LiveSession
+from evcascade.logs import configured, resolve_level
 from evcascade.video import read_video, video_info
 
 
@@ -33,14 +36,20 @@ def load_cascade(name: str) -> tuple[Cascade, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--video", required=True)
-    parser.add_argument("--model", default="bundled")
-    parser.add_argument("--prompt", default="what is moving ?")
+    parser = argparse.ArgumentParser(prog="python demos/live_stream.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--video", required=True, help="video replayed as the camera (its events are simulated)")
+    parser.add_argument("--model", default="bundled", help="bundled (default), a preset or a cascade folder")
+    parser.add_argument("--prompt", default="what is moving ?", help="the question asked every --every-ms")
     parser.add_argument("--every-ms", type=float, default=250.0, help="ask every N ms of stream time")
     parser.add_argument("--speed", type=float, default=1.0, help="replay speed (1.0 = real time)")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit")
     args = parser.parse_args(argv)
+    with configured(resolve_level(0)):  # quiet like the main command: no weight-loading bars
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         info = video_info(args.video)
         video = read_video(args.video, num_frames=info.num_frames)

@@ -1,10 +1,11 @@
-"""A PNG panel of one answer: event images beside the video frames, the answer with each token coloured by the
+r"""A PNG panel of one answer: event images beside the video frames, the answer with each token coloured by the
 level that proposed it, and the speed numbers.
 
     python demos/panel.py --events evcascade/assets/sample/events.h5 --video evcascade/assets/sample/video.mp4 \
-        --model path/to/cascade --prompt "what is moving ?" --out panel.png
+        --prompt "describe the video ." --out docs/demo_panel.png
 
-Without ``--model`` (and with no bundled cascade installed) it draws the data part only.
+By default it answers with the bundled demo cascade; ``--model`` takes a preset or a folder written by
+``Cascade.save_pretrained``. If no cascade is installed at all it draws the data part only.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from evcascade.cascade import Cascade, resolve_model  # noqa: E402
 from evcascade.clip import load_clip  # noqa: E402
 from evcascade.errors import InputError  # noqa: E402
 from evcascade.events import event_images  # noqa: E402
+from evcascade.logs import configured, resolve_level  # noqa: E402
 
 LEVEL_COLOURS = ["#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974"]
 TARGET_COLOUR = "#bbbbbb"
@@ -56,14 +58,20 @@ def draw_tokens(ax, pieces: list[str], sources: list[str], colours: dict[str, st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", required=True)
-    parser.add_argument("--video", required=True)
-    parser.add_argument("--model", default="bundled")
-    parser.add_argument("--prompt", default="what is moving ?")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--out", default="panel.png")
+    parser = argparse.ArgumentParser(prog="python demos/panel.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", required=True, help="event file (as python -m evcascade.infer takes)")
+    parser.add_argument("--video", required=True, help="video file or DSEC image folder")
+    parser.add_argument("--model", default="bundled", help="bundled (default), a preset or a cascade folder")
+    parser.add_argument("--prompt", default="what is moving ?", help="the question")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit")
+    parser.add_argument("--out", default="panel.png", help="PNG to write")
     args = parser.parse_args(argv)
+    with configured(resolve_level(0)):  # quiet like the main command: no weight-loading bars
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         cascade = Cascade.from_pretrained(args.model) if resolve_model(args.model) is not None else None
         clip = load_clip(args.events, args.video, num_frames=cascade.num_frames if cascade else 8)
@@ -117,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
+    if answer is not None:  # the figures the panel draws, as text (what the README quotes)
+        print(f"answer: {answer.text}\n{answer.stats.summary()}")
     print(f"wrote {out}")
     return 0
 

@@ -6,9 +6,9 @@ import sys
 
 USAGE = """usage: evcascade {infer,bench,train} [options]
 
-  infer   answer a question about an event recording + video (python -m evcascade.infer --help)
+  infer   answer a question about an event recording + video (evcascade infer --help)
   bench   run a benchmark and write its table/JSON (python -m evcascade.bench --help)
-  train   cache / align / distill / export (python -m evcascade.train --help)"""
+  train   cache / align / distill / export (evcascade train --help)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "infer":
         from evcascade.infer import main as infer_main
 
-        return infer_main(rest)
+        return infer_main(rest, prog="evcascade infer")
     if command == "bench":
         from evcascade.bench.__main__ import main as bench_main
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "train":
         from evcascade.train.cli import main as train_main
 
-        return int(train_main(rest) or 0)
+        return int(train_main(rest, prog="evcascade train") or 0)
     print(f"evcascade: unknown command {command!r}; choose infer, bench or train", file=sys.stderr)
     return 2
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -103,8 +104,55 @@ def _weights_missing(what: str, where: str, exc: Exception) -> InputError:
     return InputError(
         f"{what} needs weights from {where!r}, which are not on this machine (not a local folder and not in the "
         f"Hugging Face cache) and cannot be downloaded here; fetch them on a connected machine "
-        f"(huggingface-cli download {where}) or omit --model to use the bundled default ({type(exc).__name__})"
+        f"(hf download {where}) or omit --model to use the bundled default ({type(exc).__name__})"
     )
+
+
+def missing_weights(spec: dict[str, Any], root: Path) -> list[tuple[str, str, str]]:
+    """``(role, reference, why)`` for each set of weights a cascade spec needs that is on this machine neither as
+    a folder nor in the local Hugging Face cache. Looks only at the disk, so a missing 7B target is reported at
+    once instead of after the hub client's retries.
+    """
+    from evcascade.models.presets import load_drafter_preset
+
+    needs: list[tuple[str, str]] = []
+    if isinstance(spec.get("target"), str) and spec["target"]:
+        needs.append(("target", spec["target"]))
+    for level in spec.get("levels", []):
+        name = level.get("name", level.get("type"))
+        if level.get("type") == "drafter_preset" and isinstance(level.get("preset"), str):
+            preset = load_drafter_preset(level["preset"])
+            needs.append((f"level {name!r}", preset.hub_id))
+            if preset.clip_tower:
+                needs.append((f"level {name!r} CLIP tower", preset.clip_tower))
+        elif level.get("type") == "model" and isinstance(level.get("path"), str):
+            needs.append((f"level {name!r}", level["path"]))
+    missing = []
+    for role, ref in needs:
+        if _is_local(root, ref) is not None or Path(ref).expanduser().exists():
+            continue
+        if ref.startswith((".", "/", "~")) or ref.count("/") != 1:  # a folder, not a hub id
+            missing.append((role, ref, "no such folder"))
+            continue
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(ref, "config.json"), str):
+            missing.append((role, ref, "not in the Hugging Face cache"))
+    return missing
+
+
+def _check_weights_present(spec: dict[str, Any], root: Path, source: str) -> None:
+    missing = missing_weights(spec, root)
+    if not missing:
+        return
+    listed = "; ".join(f"{role} {ref!r} ({why})" for role, ref, why in missing)
+    fetch = " and ".join(f"hf download {ref}" for _, ref, why in missing if why != "no such folder")
+    folders = [ref for _, ref, why in missing if why == "no such folder"]
+    how = (f"fetch them on a connected machine ({fetch})" if fetch else "") + (
+        (" and " if fetch else "") + f"put the folder{'s' * (len(folders) > 1)} in place (the drafter presets in "
+        f"evcascade/assets/presets/drafters/ say where they come from)" if folders else "")
+    raise InputError(f"--model {source!r} needs weights that are not on this machine: {listed}; {how}, or omit "
+                     f"--model to use the bundled default")
 
 
 class Cascade:
@@ -216,13 +264,15 @@ class Cascade:
                  events_topic: str | None = None, video_topic: str | None = None, **options: Any) -> Answer:
         """Answer ``prompt`` about a clip.
 
-        ``events``: a path, an `Events`, or a structured array (x, y, t, p); ``video``: a path, a `Video`, or
+        ``events``: a path, or any packet `LiveSession.push_events` takes (an `Events`, a structured array
+        (x, y, t, p), a mapping, an ``(x, y, t_us, p)`` tuple; see `Events.coerce`); ``video``: a path, a `Video`, or
         uint8 frames ``[T, H, W, 3]``; or ``clip``: an `evcascade.clip.Clip` already on one clock (then events,
         video and the window arguments are not used). ``options`` are `GenerationOptions` fields
         (max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_strings, draft_k, adaptive, and the
         opt-in lossy ``acceptance`` / ``lenience``: lossless unless asked). ``events_topic`` / ``video_topic``
         choose the topics of ROS bags (default: the bag's only event / image topic).
-        ``on_text(piece)`` is called with each new piece of the answer's text.
+        ``on_text(piece)`` is called with each new piece of the answer's text (whole characters and words, by
+        transformers' ``TextStreamer`` rules).
         """
         from evcascade.clip import load_clip
         from evcascade.decoding.drafters import DraftContext
@@ -249,6 +299,7 @@ class Cascade:
             gen = GenerationOptions(tokenizer=self.tokenizer, **merged)
         except TypeError as exc:
             raise InputError(f"unknown generation option: {exc}") from None
+        _warn_unused_sampling(gen)
         built = self.prompter(prompt)
         self.prompter.check_fits(built, gen.max_new_tokens)
         pixels = self.verifier.pixel_values(clip.video.frames)  # [1, T, 3, S, S]
@@ -257,9 +308,11 @@ class Cascade:
         if gen.acceptance == "modality":
             self._add_agreement(context, pixels)
         decoder = self.decoder if mode == "cascade" else self.target_decoder
-        on_tokens = _TextStreamer(self.tokenizer, on_text) if on_text is not None else None
+        streamer = _text_streamer(self.tokenizer, on_text) if on_text is not None else None
         with self._lock:  # one request at a time per verifier (its KV cache is the request's state)
-            result = decoder.generate(request, context, gen, on_tokens=on_tokens)
+            result = decoder.generate(request, context, gen, on_tokens=streamer.put if streamer else None)
+        if streamer is not None:
+            streamer.end()
         inputs = {"window_us": [clip.start_us, clip.end_us], "num_events": len(clip.events),
                   "num_frames": len(clip.video), "events": clip.events_path, "video": clip.video_path,
                   "prompt": prompt}
@@ -309,30 +362,41 @@ class Cascade:
         return f"Cascade(name={self.name!r}, levels={[level.name for level in self.levels]}, frames={self.num_frames})"
 
 
-class _TextStreamer:
-    """Turns accepted token ids into text pieces (decoding the whole answer so far keeps spacing right)."""
+def _text_streamer(tokenizer, on_text):
+    """A transformers ``TextStreamer`` that hands each finished piece of text to ``on_text`` instead of printing.
 
-    def __init__(self, tokenizer, on_text) -> None:
-        self.tokenizer, self.on_text = tokenizer, on_text
-        self.ids: list[int] = []
-        self.sent = ""
+    Hugging Face's rules decide what is finished: a piece never ends inside a multi-byte character that a
+    byte-fallback tokenizer spreads over several tokens, nor inside a word that the next token may change.
+    """
+    from transformers import TextStreamer
 
-    def __call__(self, new_ids: torch.Tensor) -> None:
-        self.ids.extend(new_ids[0].tolist())
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.startswith(self.sent) and len(text) > len(self.sent):
-            self.on_text(text[len(self.sent):])
-            self.sent = text
+    class _Streamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                on_text(text)
+
+    return _Streamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
+
+
+def _warn_unused_sampling(gen) -> None:
+    """Say, as ``transformers`` ``generate`` does, that sampling knobs do nothing under greedy decoding."""
+    if gen.do_sample:
+        return
+    unused = [f"{name}={value}" for name, value, default in (("temperature", gen.temperature, 1.0),
+                                                              ("top_p", gen.top_p, 1.0), ("top_k", gen.top_k, None))
+              if value != default]
+    if unused:
+        warnings.warn(f"{', '.join(unused)} ignored: decoding is greedy (set do_sample=True, --do-sample on the "
+                      f"command line, to sample)", UserWarning, stacklevel=3)
 
 
 def _as_events(events: Any) -> Any:
+    """Paths pass through; packets become `Events` the way `LiveSession.push_events` takes them (`Events.coerce`)."""
     from evcascade.events.container import Events
 
-    if events is None or isinstance(events, (str, Path, Events)):
+    if events is None or isinstance(events, (str, Path)):
         return events
-    if isinstance(events, np.ndarray) and events.dtype.names:
-        return Events.from_structured(events)
-    raise InputError(f"events must be a path, an Events or a structured array (x, y, t, p), got {type(events).__name__}")
+    return Events.coerce(events, source="events (a path or a packet)")
 
 
 def _as_video(video: Any, events: Any) -> Any:
@@ -369,6 +433,7 @@ def _build(spec: dict[str, Any], root: Path, source: str, device: torch.device, 
     target_ref = spec.get("target")
     if not isinstance(target_ref, str) or not target_ref:
         raise InputError(f"{source}: cascade.json needs a 'target' (folder or hub id), got {target_ref!r}")
+    _check_weights_present(spec, root, source)
     target_path = _is_local(root, target_ref)
     where = str(target_path) if target_path is not None else target_ref
     try:

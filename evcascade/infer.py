@@ -2,7 +2,9 @@
 
     python -m evcascade.infer --events rec/events.h5 --video rec/video.mp4 --prompt "what is moving?"
 
-Exit codes: 0 ok, 2 bad arguments or input (one line on stderr naming the bad value), 1 internal error.
+Prints the answer (streamed) and its stats on stdout; stderr holds one progress line while loading, and more
+only with ``-v`` / ``-vv`` or ``EVCASCADE_LOG=info|debug``. Exit codes: 0 ok (also when stdout is closed early,
+as by ``| head -1``), 2 bad arguments or input (one line on stderr naming the bad value), 1 internal error.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import os
 import sys
 import threading
@@ -20,6 +23,8 @@ from typing import Any, Sequence
 
 from evcascade.errors import InputError
 
+logger = logging.getLogger("evcascade.infer")  # not __name__: that is "__main__" under python -m
+PROG = "python -m evcascade.infer"
 DEFAULT_PROMPT = "what is moving ?"
 BUNDLED_MODEL = "bundled"
 DEFAULT_LENIENCE = 0.3
@@ -34,11 +39,14 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI's flags; each maps one-to-one onto a field of the request or the generation options."""
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The CLI's flags; each maps one-to-one onto a field of the request or the generation options.
+
+    ``prog`` is how the user started it (``evcascade infer`` from the console script).
+    """
     from evcascade.decoding.lossy import RULES as ACCEPTANCE_RULES
 
-    p = _Parser(prog="python -m evcascade.infer", description=__doc__.split("\n")[0])
+    p = _Parser(prog=prog, description=__doc__.split("\n")[0].split(": ", 1)[1])
     p.add_argument("--events", required=True, help="event file (DSEC .h5, .h5, .npz, .npy, .txt/.csv, .raw, .dat, .aedat4, .aedat, .es) or ROS bag (.bag, ROS 2 folder, .db3, .mcap)")
     p.add_argument("--video", required=True, help="video file (.mp4, ...), DSEC sequence/images folder or ROS bag")
     p.add_argument("--events-topic", default=None, help="ROS bags: the event topic (default: the bag's only one)")
@@ -66,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled event files (runs code from the file)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of human output")
     p.add_argument("--stats", action="store_true", help="print the full stats block")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="say more on stderr (-v: loading steps, library warnings; -vv: debug); or EVCASCADE_LOG=info|debug")
     return p
 
 
@@ -106,7 +116,8 @@ def validate(args: argparse.Namespace) -> None:
 
 
 class _Spinner:
-    """``with _Spinner("loading model", quiet):`` a spinner on a terminal's stderr (one line elsewhere)."""
+    """``with _Spinner("loading model", quiet):`` a spinner on a terminal's stderr that erases itself when done
+    (one plain line when stderr is not a terminal)."""
 
     def __init__(self, message: str, quiet: bool) -> None:
         self.message, self.quiet = message, quiet
@@ -131,7 +142,7 @@ class _Spinner:
         if self.live:
             self._stop.set()
             self._thread.join()
-            print(f"\r{self.message} done", file=sys.stderr, flush=True)
+            print("\r\033[K", end="", file=sys.stderr, flush=True)  # the line goes: the answer is what counts
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -143,22 +154,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timings: dict[str, float] = {}
     source = resolve_model(args.model)  # a bad --model fails before any slow loading
     cascade = None
-    if source is not None:
-        t0 = time.perf_counter()
-        with _Spinner(f"loading model {args.model}", quiet):
+    what = f"loading model {args.model} and the clip" if source is not None else "loading the clip"
+    with _Spinner(what, quiet):
+        if source is not None:
+            t0 = time.perf_counter()
             cascade = Cascade.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-        timings["load_model"] = time.perf_counter() - t0
-        if args.num_frames is not None and args.num_frames != cascade.num_frames:
-            raise InputError(f"--num-frames {args.num_frames}: the model {args.model!r} takes {cascade.num_frames} frames")
-    num_frames = cascade.num_frames if cascade is not None else (args.num_frames or 8)
-    t0 = time.perf_counter()
-    with _Spinner("loading events and video", quiet):
+            timings["load_model"] = time.perf_counter() - t0
+            logger.info("loaded %r in %.1f s", cascade, timings["load_model"])
+            if args.num_frames is not None and args.num_frames != cascade.num_frames:
+                raise InputError(f"--num-frames {args.num_frames}: the model {args.model!r} takes "
+                                 f"{cascade.num_frames} frames")
+        num_frames = cascade.num_frames if cascade is not None else (args.num_frames or 8)
+        t0 = time.perf_counter()
         clip = load_clip(
             args.events, args.video, start_us=args.start_us, end_us=args.end_us,
             video_offset_us=args.video_offset_us, num_frames=num_frames, allow_pickle=args.allow_pickle,
             events_topic=args.events_topic, video_topic=args.video_topic,
         )
-    timings["load_clip"] = time.perf_counter() - t0
+        timings["load_clip"] = time.perf_counter() - t0
+        logger.info("loaded the clip in %.1f s: %d events, %d frames, window [%d, %d) us", timings["load_clip"],
+                    len(clip.events), len(clip.video), clip.start_us, clip.end_us)
     inputs = {
         "events": str(args.events), "video": str(args.video), "prompt": args.prompt,
         "window_us": [clip.start_us, clip.end_us], "num_events": len(clip.events),
@@ -183,14 +198,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_new_tokens is not None or "max_new_tokens" not in cascade.generation_defaults:
         options["max_new_tokens"] = args.max_new_tokens or 32
     streaming = not quiet
+    started = []  # "answer: " goes out with the first piece, so an early error leaves stdout clean
+
+    def show(piece: str) -> None:
+        print(piece if started else f"answer: {piece}", end="", flush=True)
+        started.append(True)
+
+    answer = cascade.generate(prompt=args.prompt, clip=clip, mode=args.mode, on_text=show if streaming else None,
+                              **options)
     if streaming:
-        print("answer: ", end="", flush=True)
-    answer = cascade.generate(
-        prompt=args.prompt, clip=clip, mode=args.mode,
-        on_text=(lambda piece: print(piece, end="", flush=True)) if streaming else None, **options,
-    )
-    if streaming:
-        print(flush=True)
+        print("" if started else "answer: ", flush=True)
     timings["generate"] = answer.stats.total_s
     result.update(text=answer.text, token_ids=answer.token_ids, token_sources=answer.token_sources,
                   stats=answer.stats.to_dict(),
@@ -215,27 +232,48 @@ def print_human(result: dict[str, Any], show_stats: bool) -> None:
     print("timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result["timings_s"].items()))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Run the command; returns the exit code (see the module docstring)."""
+    from evcascade.logs import configured, resolve_level
+
     debug = bool(os.environ.get("EVCASCADE_DEBUG"))
     try:
-        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+        level = resolve_level(args.verbose)
         validate(args)
-        result = run(args)
     except InputError as exc:
         print(f"evcascade: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("evcascade: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # an internal error: a bug, not a user mistake
-        if debug:
-            traceback.print_exc()
-        print(f"evcascade: internal error: {type(exc).__name__}: {exc} (set EVCASCADE_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, default=str))
-    else:
-        print_human(result, args.stats)
+    with configured(level):
+        try:
+            result = run(args)
+            if args.json:
+                print(json.dumps(result, default=str))
+            else:
+                print_human(result, args.stats)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            return _stdout_closed()
+        except InputError as exc:
+            print(f"evcascade: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("evcascade: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:  # an internal error: a bug, not a user mistake
+            if debug or level <= logging.DEBUG:
+                traceback.print_exc()
+            print(f"evcascade: internal error: {type(exc).__name__}: {exc} (set EVCASCADE_DEBUG=1 for the traceback)",
+                  file=sys.stderr)
+            return 1
+    return 0
+
+
+def _stdout_closed() -> int:
+    """The reader of our stdout went away (``| head -1``): not an error. Point stdout at devnull so the
+    interpreter's final flush does not raise again (the recipe in Python's ``signal`` docs), exit quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
     return 0
 
 

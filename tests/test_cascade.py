@@ -125,9 +125,11 @@ def test_model_resolution_errors(tmp_path):
         resolve_model(str(tmp_path))
 
 
-def test_a_preset_whose_weights_are_absent_says_which_and_where(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(InputError, match="LanguageBind/Video-LLaVA-7B-hf.*bundled default"):
+def test_a_preset_whose_weights_are_absent_says_which_and_where(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # whatever this machine holds
+    with pytest.raises(InputError, match="LanguageBind/Video-LLaVA-7B-hf.*JackFram/llama-68m.*bundled default"):
         Cascade.from_pretrained("video-llava-7b")
 
 
@@ -158,3 +160,64 @@ def test_modality_acceptance_is_opt_in_and_lossless_at_zero_lenience():
         text_only.generate(EVENTS, VIDEO, "what is moving ?", acceptance="modality", lenience=0.2)
     with pytest.raises(InputError, match="lenience"):
         cascade.generate(EVENTS, VIDEO, "what is moving ?", acceptance="token_v3", lenience=1.5)
+
+
+def byte_fallback_tokenizer():
+    """A Llama-style tokenizer whose vocabulary lacks 'é' and '日本': they stream as UTF-8 byte tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece in ["▁", "▁caf", "▁the", "▁is", "c", "a", "f", "e"]:
+        vocab[piece] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.mark.parametrize("block", [1, 3])
+def test_streamed_pieces_are_whole_characters_with_a_byte_fallback_tokenizer(block):
+    import torch
+
+    from evcascade.cascade import _text_streamer
+
+    tok = byte_fallback_tokenizer()
+    text = "the café is 日本 and so is the café"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert any(tok.convert_ids_to_tokens(i) == "<0xC3>" for i in ids)  # 'é' really is split over byte tokens
+    pieces = []
+    streamer = _text_streamer(tok, pieces.append)
+    for start in range(0, len(ids), block):  # the engine hands over accepted blocks as [1, n]
+        streamer.put(torch.tensor([ids[start:start + block]]))
+    before_end = len(pieces)
+    streamer.end()
+    assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True) == text
+    assert not any("\ufffd" in piece for piece in pieces), pieces
+    assert before_end >= 4  # it streams as it goes, not all at the end
+
+
+def test_generate_takes_every_packet_form_live_session_takes():
+    cascade = build_tiny_cascade()
+    clip = load_clip(EVENTS, VIDEO, num_frames=8)
+    events, video = clip.events, clip.video
+    reference = cascade.generate(events, video, "what is moving ?", max_new_tokens=6).token_ids
+    as_tuple = (events.x, events.y, events.t_us, events.p)
+    as_mapping = {"x": events.x, "y": events.y, "t_us": events.t_us, "p": events.p}
+    for packet in (as_tuple, as_mapping, events.to_structured()):
+        # without a sensor size the packet's is inferred (max + 1): the tiny encoder resizes either way
+        assert len(cascade.generate(packet, video, "what is moving ?", max_new_tokens=6).token_ids) == len(reference)
+    with pytest.raises(InputError, match="got int"):
+        cascade.generate(42, video, "what is moving ?")
+
+
+def test_sampling_knobs_without_sampling_are_said_to_be_ignored():
+    cascade = build_tiny_cascade()
+    with pytest.warns(UserWarning, match=r"temperature=0.5 ignored: decoding is greedy"):
+        cascade.generate(EVENTS, VIDEO, "what is moving ?", max_new_tokens=2, temperature=0.5)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cascade.generate(EVENTS, VIDEO, "what is moving ?", max_new_tokens=2, temperature=0.5, do_sample=True, seed=0)

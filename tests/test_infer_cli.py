@@ -119,10 +119,99 @@ def test_missing_files_exit_2(capsys, tmp_path):
     assert code == 2 and "--events" in err
 
 
-def test_missing_preset_weights_say_where_they_come_from(capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, _, err = run_cli(BASE + ["--model", "video-llava-7b"], capsys)
-    assert code == 2 and "LanguageBind/Video-LLaVA-7B-hf" in err and "bundled default" in err
+@pytest.fixture
+def empty_hf_cache(monkeypatch, tmp_path):
+    """A Hugging Face cache with nothing in it, whatever this machine's own cache holds; loading from the hub
+    fails the test (a missing preset must be reported from the disk, not after the hub client's retries)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("reached for the hub although the weights are known to be missing")
+
+    monkeypatch.setattr("evcascade.decoding.verifier.VideoLlavaVerifier.from_pretrained", no_hub)
+    return tmp_path / "hub"
+
+
+def test_missing_preset_weights_are_all_named_at_once(capsys, empty_hf_cache):
+    code, out, err = run_cli(BASE + ["--model", "video-llava-7b"], capsys)
+    assert code == 2 and out == ""
+    lines = [line for line in err.splitlines() if line.startswith("evcascade: error")]
+    assert len(lines) == 1 and "bundled default" in lines[0]
+    assert "hf download LanguageBind/Video-LLaVA-7B-hf" in lines[0] and "hf download JackFram/llama-68m" in lines[0]
+    code, _, err = run_cli(BASE + ["--model", "eventgpt-video-llava-7b"], capsys)
+    assert code == 2
+    for needed in ("LanguageBind/Video-LLaVA-7B-hf", "EventGPT-7b", "openai/clip-vit-large-patch14-336"):
+        assert needed in err
+
+
+def test_weights_in_the_local_cache_are_not_reported_missing(empty_hf_cache):
+    from evcascade.cascade import CASCADE_PRESET_DIR, missing_weights
+
+    snapshot = empty_hf_cache / "models--JackFram--llama-68m" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    spec = json.loads((CASCADE_PRESET_DIR / "video-llava-7b.json").read_text())
+    assert [ref for _, ref, _ in missing_weights(spec, CASCADE_PRESET_DIR)] == ["LanguageBind/Video-LLaVA-7B-hf"]
+
+
+def test_no_stray_answer_prefix_before_an_error(capsys):
+    code, out, err = run_cli(BASE + ["--max-new-tokens", "100000"], capsys)
+    assert code == 2 and out == "" and "max_new_tokens (100000)" in err
+    code, out, err = run_cli(BASE + ["--prompt", "what is moving ? " * 200], capsys)
+    assert code == 2 and out == "" and "max_position_embeddings" in err
+
+
+def test_ignored_sampling_flags_say_so_in_one_line(capsys):
+    code, out, err = run_cli(BASE + ["--temperature", "0.7"], capsys)
+    assert code == 0 and out.startswith("answer: ")
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert warned == ["evcascade: warning: temperature=0.7 ignored: decoding is greedy (set do_sample=True, "
+                      "--do-sample on the command line, to sample)"]
+    code, _, err = run_cli(BASE + ["--temperature", "0.7", "--do-sample", "--seed", "0"], capsys)
+    assert code == 0 and "warning" not in err
+
+
+def test_verbosity_flags_and_environment(capsys, monkeypatch):
+    code, _, quiet = run_cli(BASE, capsys)
+    code_v, _, verbose = run_cli(BASE + ["-v"], capsys)
+    assert code == code_v == 0 and "loaded the clip" in verbose and "loaded the clip" not in quiet
+    monkeypatch.setenv("EVCASCADE_LOG", "info")
+    assert "loaded the clip" in run_cli(BASE, capsys)[2]
+    monkeypatch.setenv("EVCASCADE_LOG", "loud")
+    code, _, err = run_cli(BASE, capsys)
+    assert code == 2 and err.strip() == "evcascade: error: EVCASCADE_LOG='loud': expected one of warning, info, debug"
+
+
+def test_default_run_is_quiet():
+    """The issue's bar: stderr holds at most 2 lines besides the answer (one progress line today)."""
+    command = [sys.executable, "-m", "evcascade.infer", *BASE]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=SAMPLE.parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("answer: the circle and the square are moving .\n")
+    assert len(done.stderr.splitlines()) <= 2, done.stderr
+    assert not any(word in done.stderr for word in ("Warning", "Loading weights", "deprecated", "%|")), done.stderr
+
+
+def test_a_closed_stdout_ends_the_run_quietly(monkeypatch, capsys):
+    """``| head -1``: the reader has gone before the answer is written; exit 0, no traceback."""
+    import io
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone: writes raise BrokenPipeError (Python ignores SIGPIPE)
+    closed = io.TextIOWrapper(io.FileIO(write_end, "w"), line_buffering=True)
+    monkeypatch.setattr(sys, "stdout", closed)
+    code = infer.main(BASE)
+    monkeypatch.undo()
+    closed.write("after: the interpreter's last flush must not raise either\n")
+    closed.flush()  # goes to devnull now
+    closed.close()
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err and "Error" not in err and "error" not in err, err
 
 
 def test_internal_errors_exit_1(capsys, monkeypatch):
@@ -132,6 +221,17 @@ def test_internal_errors_exit_1(capsys, monkeypatch):
     monkeypatch.setattr("evcascade.clip.load_clip", boom)
     code, _, err = run_cli(BASE, capsys)
     assert code == 1 and "internal error" in err and "simulated bug" in err
+
+
+def test_help_names_the_command_as_it_was_started(capsys):
+    from evcascade.__main__ import main as console_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        console_main(["infer", "--help"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("usage: evcascade infer ")
+    with pytest.raises(SystemExit):
+        infer.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m evcascade.infer ")
 
 
 def test_console_entry_point_dispatches_infer_and_bench():

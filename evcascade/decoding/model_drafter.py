@@ -142,8 +142,8 @@ class ModelDrafter(Drafter):
             embeds = self.model.get_input_embeddings()(safe_ids)  # [B, n, D]
             inputs = {"inputs_embeds": torch.cat([self._prefix, embeds], dim=1)}  # [B, Np+n, D]
         with torch.no_grad():
-            out = self.model(past_key_values=self._cache, use_cache=True, **inputs)
-        self._cache = out.past_key_values
+            out = self.model(cache=self._cache, use_cache=True, **inputs)
+        self._cache = out.cache
         self._ids = ids if self._ids is None else torch.cat([self._ids, ids], dim=1)
         return out.logits[..., : self.vocab_size].float()  # [B, n', V]
 

@@ -192,9 +192,9 @@ class _KVCacheVerifier(Verifier):
         if keep is not None and self._has_logits_to_keep:
             inputs["logits_to_keep"] = keep
         with torch.no_grad():
-            out = self.model(past_key_values=cache, use_cache=True, **inputs)
+            out = self.model(cache=cache, use_cache=True, **inputs)
         logits = out.logits[:, -keep:] if keep is not None else out.logits
-        return logits.float(), out.past_key_values
+        return logits.float(), out.cache
 
     def _check_draft(self, draft_ids: torch.LongTensor | None) -> torch.LongTensor:
         """The prefill's draft ``[B, k]`` (k = 0 for none), checked."""

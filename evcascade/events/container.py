@@ -15,7 +15,7 @@ half-open, ``[start_us, end_us)``, and an empty window is a valid ``Events`` of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -169,6 +169,34 @@ class Events:
         if missing:
             raise InputError(f"structured event array lacks fields {missing}; it has {list(names)}")
         return cls.from_arrays(array["x"], array["y"], array["t"], array["p"], sensor_size, **kwargs)
+
+    @classmethod
+    def coerce(cls, packet, sensor_size: Sequence[int] | None = None, *, source: str = "events") -> "Events":
+        """Events from any packet form the API takes: an `Events`, a structured array (x, y, t, p), a mapping with
+        keys x, y, t_us (or t), p, or an ``(x, y, t_us, p)`` tuple. ``sensor_size`` (W, H), when given, must match
+        an `Events`' own and is inferred (max + 1) for the other forms when omitted.
+
+        >>> Events.coerce(([1, 2], [0, 1], [10, 20], [1, 0])).sensor_size
+        (3, 2)
+        """
+        if isinstance(packet, Events):
+            if sensor_size is not None and packet.sensor_size != tuple(int(v) for v in sensor_size):
+                raise InputError(f"{source}: packet sensor_size {packet.sensor_size} != expected {tuple(sensor_size)}")
+            return packet
+        if isinstance(packet, np.ndarray) and packet.dtype.names:
+            return cls.from_structured(packet, sensor_size, source=source)
+        if isinstance(packet, Mapping):
+            t_key = "t_us" if "t_us" in packet else "t"
+            missing = [k for k in ("x", "y", t_key, "p") if k not in packet]
+            if missing:
+                raise InputError(f"{source}: packet lacks keys {missing}; it has {sorted(packet)}")
+            return cls.from_arrays(packet["x"], packet["y"], packet[t_key], packet["p"], sensor_size, source=source)
+        if isinstance(packet, (tuple, list)) and len(packet) == 4:
+            return cls.from_arrays(*packet, sensor_size=sensor_size, source=source)
+        raise InputError(
+            f"{source}: expected Events, a structured array (x, y, t, p), a mapping or an (x, y, t_us, p) "
+            f"tuple, got {type(packet).__name__}"
+        )
 
     @classmethod
     def concatenate(cls, parts: Sequence["Events"]) -> "Events":

@@ -191,22 +191,4 @@ class LiveEventBuffer:
         return Events(*fields, sensor_size=self.sensor_size)
 
     def _as_events(self, packet) -> Events:
-        source = "LiveEventBuffer.push"
-        if isinstance(packet, Events):
-            if packet.sensor_size != self.sensor_size:
-                raise InputError(f"{source}: packet sensor_size {packet.sensor_size} != buffer's {self.sensor_size}")
-            return packet
-        if isinstance(packet, np.ndarray) and packet.dtype.names:
-            return Events.from_structured(packet, self.sensor_size, source=source)
-        if isinstance(packet, Mapping):
-            t_key = "t_us" if "t_us" in packet else "t"
-            missing = [k for k in ("x", "y", t_key, "p") if k not in packet]
-            if missing:
-                raise InputError(f"{source}: packet lacks keys {missing}; it has {sorted(packet)}")
-            return Events.from_arrays(packet["x"], packet["y"], packet[t_key], packet["p"], self.sensor_size, source=source)
-        if isinstance(packet, (tuple, list)) and len(packet) == 4:
-            return Events.from_arrays(*packet, sensor_size=self.sensor_size, source=source)
-        raise InputError(
-            f"{source}: expected Events, a structured array (x, y, t, p), a mapping or an (x, y, t_us, p) tuple, "
-            f"got {type(packet).__name__}"
-        )
+        return Events.coerce(packet, self.sensor_size, source="LiveEventBuffer.push")

@@ -4,7 +4,7 @@ The LM is any ``AutoModelForCausalLM`` (a Llama-68M/160M draft, TinyLlama-1.1B, 
 visual features (the target's video-feature space ``[B, T, 1 + G*G, D_t]``, or a flat token sequence
 ``[B, N, D_t]``) are pooled to the token budget, projected to the LM's width and fed *before* the text as
 ``inputs_embeds``. The same object serves the engine's ``ModelDrafter`` (it calls ``forward`` with
-``inputs_embeds``/``input_ids`` and ``past_key_values``) and training (``labels``, LoRA via peft).
+``inputs_embeds``/``input_ids`` and ``cache``) and training (``labels``, LoRA via peft).
 
 >>> import torch
 >>> from evcascade.models.tiny import tiny_llama_config
@@ -112,7 +112,7 @@ class DraftLM(PreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         visual_features: torch.Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         use_cache: bool | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -129,7 +129,7 @@ class DraftLM(PreTrainedModel):
             raise InputError("pass exactly one of input_ids and inputs_embeds")
         if visual_features is None:
             return self.language_model(
-                input_ids=input_ids, inputs_embeds=inputs_embeds, past_key_values=past_key_values, use_cache=use_cache,
+                input_ids=input_ids, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
                 attention_mask=attention_mask, labels=labels, position_ids=position_ids, **kwargs,
             )
         if inputs_embeds is None:
@@ -150,6 +150,6 @@ class DraftLM(PreTrainedModel):
         if position_ids is not None:
             raise InputError("position_ids cannot be combined with visual_features (the prefix shifts positions)")
         return self.language_model(
-            inputs_embeds=embeds, past_key_values=past_key_values, use_cache=use_cache,
+            inputs_embeds=embeds, cache=cache, use_cache=use_cache,
             attention_mask=attention_mask, labels=labels, **kwargs,
         )

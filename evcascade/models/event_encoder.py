@@ -21,7 +21,7 @@ torch.Size([1, 8, 16])
 from __future__ import annotations
 
 import contextlib
-import warnings
+import logging
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -31,6 +31,8 @@ from transformers import CLIPVisionModel, PreTrainedModel
 from evcascade.errors import InputError
 from evcascade.models.configuration import EventEncoderConfig
 from evcascade.models.tokens import pool_patch_grid, spatio_temporal_tokens
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     from evcascade.events.container import Events, TorchEvents
@@ -116,7 +118,8 @@ class EventEncoder(PreTrainedModel):
         """Event windows -> EventGPT-style event images -> CLIP preprocessing: ``[B, N, 3, S, S]`` on this device.
 
         Event images have the sensor's size; the tower takes S x S. When they differ, the images are resized
-        as CLIP's image processor does (shortest edge to S, centre crop) and a warning says from what to what.
+        as CLIP's image processor does (shortest edge to S, centre crop), logged at INFO (it is the normal path for
+        a real sensor, so not a warning on every request).
         """
         from evcascade.events import event_images  # floor 1, imported on use
         from evcascade.preprocess import preprocess_frames
@@ -132,11 +135,8 @@ class EventEncoder(PreTrainedModel):
         for window in windows:
             width, height = window.sensor_size
             if (width, height) != (size, size):
-                warnings.warn(
-                    f"event images are {width}x{height} (sensor size) but the encoder takes {size}x{size}: "
-                    f"resizing the shortest edge to {size} and centre-cropping to {size}x{size}",
-                    stacklevel=2,
-                )
+                logger.info("event images are %dx%d (sensor size) but the encoder takes %dx%d: resizing the shortest "
+                            "edge to %d and centre-cropping to %dx%d", width, height, size, size, size, size, size)
             images = event_images(window, num_images=self.config.num_images, device=self.device)  # uint8 [N, H, W, 3]
             batch.append(preprocess_frames(images, size=size, crop_size=size, mean=self.config.image_mean,
                                            std=self.config.image_std))  # [N, 3, S, S]

@@ -11,13 +11,20 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Sequence
 
 from lightning.pytorch.cli import LightningCLI
 
 from evcascade.errors import InputError
 
-STAGES = ("align", "distill", "cache", "export")
+PROG = "python -m evcascade.train"
+STAGES = {
+    "align": "train the alignment MLP: event features -> the target's video-feature space (LightningCLI)",
+    "distill": "distil a draft LM from the target's answers, with an event [+ key-frame] prefix (LightningCLI)",
+    "cache": "compute (or resume) the target cache: video features and answers per window",
+    "export": "write a checkpoint's trained pieces as Hugging Face folders (a cascade level)",
+}
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -28,8 +35,9 @@ class StageCLI(LightningCLI):
         parser.link_arguments("data.target_cache", "model.target_cache")
 
 
-def run_stage(stage: str, args: Sequence[str], *, run: bool = True) -> StageCLI:
-    """Run LightningCLI for ``align`` or ``distill`` with ``args`` (``fit`` is implied when no subcommand is given)."""
+def run_stage(stage: str, args: Sequence[str], *, run: bool = True, prog: str = PROG) -> StageCLI:
+    """Run LightningCLI for ``align`` or ``distill`` with ``args`` (``fit`` is implied when no subcommand is given;
+    ``--help`` alone shows LightningCLI's subcommands, ``fit --help`` every option)."""
     from evcascade.train.datamodules import ClipDataModule
 
     if stage == "align":
@@ -37,16 +45,24 @@ def run_stage(stage: str, args: Sequence[str], *, run: bool = True) -> StageCLI:
     elif stage == "distill":
         from evcascade.train.distill import DistillModule as model_class
     else:
-        raise InputError(f"stage must be one of {STAGES}, got {stage!r}")
+        raise InputError(f"stage must be one of {tuple(STAGES)}, got {stage!r}")
     args = list(args)
-    if run and (not args or args[0] not in _LIGHTNING_SUBCOMMANDS):
+    help_only = bool(args) and set(args) <= {"-h", "--help"}
+    if run and not help_only and (not args or args[0] not in _LIGHTNING_SUBCOMMANDS):
         args = ["fit", *args]
-    if run:
+    if help_only:
+        pass
+    elif run:
         args = [args[0], f"--data.task={stage}", *args[1:]]
     else:
         args = [f"--data.task={stage}", *args]
-    return StageCLI(model_class, ClipDataModule, args=args, run=run, seed_everything_default=0,
-                    save_config_kwargs={"overwrite": True})
+    with warnings.catch_warnings():
+        # we hand LightningCLI the stage's own args after dispatching on sys.argv ourselves: its "args and
+        # sys.argv both given" caution does not apply
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return StageCLI(model_class, ClipDataModule, args=args, run=run, seed_everything_default=0,
+                        save_config_kwargs={"overwrite": True},
+                        parser_kwargs={"prog": f"{prog} {stage}", "description": STAGES[stage]})
 
 
 def cache_main(
@@ -125,22 +141,35 @@ def export_main(stage: str, ckpt_path: str, out: str) -> str:
     return str(path)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def usage(prog: str = PROG) -> str:
+    """The top-level help: the stages, one line each."""
+    lines = [f"usage: {prog} {{{','.join(STAGES)}}} [options]", "", "Training stages (each takes --help):"]
+    lines += [f"  {name:<8} {text}" for name, text in STAGES.items()]
+    lines += ["", f"e.g. {prog} align --config configs/train/align_tiny.yaml   (see train/README.md)"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Dispatch on the stage name; user mistakes print their message and exit with code 2."""
     from jsonargparse import CLI
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage(prog))
+        return 0
     if not argv or argv[0] not in STAGES:
-        print(f"usage: python -m evcascade.train {{{'|'.join(STAGES)}}} --config FILE.yaml [options]", file=sys.stderr)
+        print(usage(prog).splitlines()[0], file=sys.stderr)
+        given = f"unknown stage {argv[0]!r}; " if argv else ""
+        print(f"{prog}: error: {given}choose a stage: {', '.join(STAGES)} (--help says what each does)",
+              file=sys.stderr)
         return 2
     stage, rest = argv[0], argv[1:]
     try:
-        if stage == "cache":
-            CLI(cache_main, args=rest, as_positional=False)
-        elif stage == "export":
-            CLI(export_main, args=rest, as_positional=False)
+        if stage in ("cache", "export"):
+            function = cache_main if stage == "cache" else export_main
+            CLI(function, args=rest, as_positional=False, prog=f"{prog} {stage}", description=STAGES[stage])
         else:
-            run_stage(stage, rest)
+            run_stage(stage, rest, prog=prog)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -47,7 +47,7 @@ def test_kv_cache_continuation_matches_full_forward():
     full = lm(input_ids=ids, visual_features=feats).logits
     prefix = lm.embed_visual(feats)  # what a ModelDrafter's prefix_fn returns
     first = lm(inputs_embeds=torch.cat([prefix, lm.get_input_embeddings()(ids[:, :3])], 1), use_cache=True)
-    step = lm(input_ids=ids[:, 3:], past_key_values=first.past_key_values, use_cache=True)
+    step = lm(input_ids=ids[:, 3:], cache=first.cache, use_cache=True)
     torch.testing.assert_close(step.logits, full[:, -3:], rtol=1e-4, atol=1e-5)
 
 

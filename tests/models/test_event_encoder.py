@@ -97,14 +97,15 @@ def test_from_clip_takes_the_tower_weights(tmp_path):
     torch.testing.assert_close(enc(pixels[None])[0, :5], clip(pixel_values=pixels).last_hidden_state.mean(1))
 
 
-def test_events_to_tokens_resizes_with_a_warning():
+def test_events_to_tokens_resizes_and_logs_it(caplog):
     enc = make_encoder()
-    with pytest.warns(UserWarning, match=r"40x30 .* 32x32"):
+    with caplog.at_level("INFO", logger="evcascade.models.event_encoder"):
         tokens = enc.encode_events(make_events(sensor_size=(40, 30)))
+    assert any("40x30" in r.getMessage() and "32x32" in r.getMessage() for r in caplog.records)
     assert tokens.shape == (1, 5 + 17, 16)
     square = make_events(sensor_size=(32, 32))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no resize, no warning
+        warnings.simplefilter("error")  # a normal request warns about nothing
         batch = enc.encode_events([square, square])
     assert batch.shape == (2, 22, 16)
     torch.testing.assert_close(batch[0], batch[1])
