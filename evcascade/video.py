@@ -277,7 +277,7 @@ def _probe_container(path: Path) -> _Container:
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with _native_stderr_captured(), av.open(str(path)) as container:  # PyAV's log is off; older FFmpegs print
             if not container.streams.video:
                 raise InputError(f"{str(path)!r}: the file holds no video stream")
             stream = container.streams.video[0]
