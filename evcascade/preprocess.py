@@ -17,6 +17,7 @@ torch.Size([8, 3, 224, 224])
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -109,8 +110,11 @@ def preprocess_frames(
                                      tuple(float(s) for s in std), float(rescale_factor), resample)
     frames_np = frames.cpu().numpy()  # [T, H, W, 3] uint8
     # channels_last stated, not inferred: HF guesses the layout from the shape, and a 3-pixel-high frame fools it
-    out = processor.preprocess(list(frames_np), return_tensors="np", return_legacy_image_output=False,
-                               input_data_format="channels_last")["pixel_values"]  # [T, 3, crop_h, crop_w]
+    options = {"return_tensors": "np", "input_data_format": "channels_last"}
+    if "return_legacy_image_output" in inspect.signature(processor.preprocess).parameters:
+        options["return_legacy_image_output"] = False  # 5.2x: the old key warns; later versions drop the switch
+    batch = processor.preprocess(list(frames_np), **options)
+    out = batch["pixel_values"] if "pixel_values" in batch else batch["pixel_values_images"]  # [T, 3, crop_h, crop_w]
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(out_device)
 
 
