@@ -236,7 +236,7 @@ class _Container(NamedTuple):
     height: int
 
 
-_NATIVE_STDERR_LOCK = threading.Lock()
+_NATIVE_STDERR_LOCK = threading.RLock()  # re-entrant: a capture inside a capture just nests
 
 
 @contextmanager
@@ -262,7 +262,7 @@ def _native_stderr_captured():
 
 
 def _native_detail(text: str) -> str:
-    """The last thing a native library said, as a short parenthesis-free phrase (empty when it said nothing)."""
+    """The last line a native library printed, without its ``[component @ 0x...]`` prefix (empty when silent)."""
     lines = [line.split("] ", 1)[-1].strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:160] if lines else ""
 

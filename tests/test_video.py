@@ -6,6 +6,7 @@ mp4 round trips, sampling, windows, offsets, DSEC image folders, and every bad i
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ from evcascade import video as video_module
 from evcascade.errors import InputError, InputFileNotFoundError
 from evcascade.video import Video, read_video, sample_frame_indices, video_info, write_video
 
+ROOT = Path(__file__).resolve().parents[1]  # child processes import this checkout's evcascade
 FPS = 20.0
 NUM = 30  # frames: t_i = i * 50 ms, 0 .. 1.45 s
 H, W = 48, 64
@@ -294,7 +296,8 @@ def test_corrupt_video_is_one_clean_stderr_line(mp4, tmp_path):
         "    try:\n        probe(sys.argv[1])\n"
         "    except InputError as exc:\n        print(f'error: {exc}', file=sys.stderr)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(truncated)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", script, str(truncated)], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
     lines = done.stderr.splitlines()
     assert len(lines) == 2, done.stderr
     for line in lines:
@@ -307,5 +310,6 @@ def test_corrupt_video_is_one_clean_stderr_line(mp4, tmp_path):
         "    try:\n        opener(pathlib.Path(sys.argv[1]), c, 0)\n"
         "    except Exception as exc:\n        print(f'error: {type(exc).__name__}', file=sys.stderr)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(truncated)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", script, str(truncated)], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
     assert done.stderr.splitlines() == ["error: RuntimeError", "error: InputError"], done.stderr
