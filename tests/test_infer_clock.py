@@ -44,18 +44,23 @@ def test_dsec_h5_and_mp4_answer_with_no_flags_and_say_how_they_were_aligned(dsec
     answer = out.splitlines()[0]
     assert answer.startswith("answer: ") and len(answer) > len("answer: ") + 3
     assert err.splitlines().count(note) == 1
-    code, out, err = run_cli(["--events", events_path, "--video", video_path, "--json"], capsys)
-    assert code == 0, err
-    inputs = json.loads(out)["inputs"]
-    assert inputs["alignment"] == {"video_offset_us": first_us, "rule": "events_start", "video_start_us": 0,
-                                   "events_start_us": first_us}
-    assert inputs["window_us"][0] == first_us and inputs["video_offset_us"] == first_us
 
 
 @pytest.fixture
 def data_layer_only(monkeypatch):
     """The CLI without a model (as when no demo cascade is installed): loads the clip and stops."""
     monkeypatch.setattr(cascade_module, "resolve_model", lambda name: None)
+
+
+def test_json_records_the_alignment(dsec_pair, capsys, data_layer_only):
+    events_path, video_path, first_us = dsec_pair
+    code, out, err = run_cli(["--events", events_path, "--video", video_path, "--json"], capsys)
+    assert code == 0, err
+    inputs = json.loads(out)["inputs"]
+    assert inputs["alignment"] == {"video_offset_us": first_us, "rule": "events_start", "video_start_us": 0,
+                                   "events_start_us": first_us}
+    assert inputs["window_us"][0] == first_us and inputs["video_offset_us"] == first_us
+    assert err.count("aligned video t=0") == 1
 
 
 def test_unsorted_recording_is_named_and_sort_events_reads_it(tmp_path, capsys, data_layer_only):
@@ -109,3 +114,19 @@ def test_a_given_offset_that_misses_is_named_with_the_flag(dsec_pair, capsys, da
 def test_cli_wording_maps_every_python_hint():
     for python_words, cli_words in infer.CLI_WORDING.items():
         assert infer.cli_wording(f"x; {python_words} to fix it") == f"x; {cli_words} to fix it"
+
+
+def test_python_answer_records_the_alignment(dsec_pair):
+    from evcascade.clip import ClockAlignmentWarning
+    from evcascade.models.tiny import tiny_tokenizer, tiny_video_llava
+
+    events_path, video_path, first_us = dsec_pair
+    tok = tiny_tokenizer()
+    target_only = cascade_module.Cascade.from_models(tiny_video_llava(tok, seed=1), tok)
+    with pytest.warns(ClockAlignmentWarning, match=f"events t={first_us} us; pass video_offset_us to override"):
+        answer = target_only.generate(events_path, video_path, "what is moving ?", max_new_tokens=2)
+    assert answer.inputs["alignment"] == {"video_offset_us": first_us, "rule": "events_start", "video_start_us": 0,
+                                          "events_start_us": first_us}
+    given = target_only.generate(events_path, video_path, "what is moving ?", max_new_tokens=2,
+                                 video_offset_us=first_us + 100_000)
+    assert given.inputs["alignment"]["rule"] == "given" and given.inputs["window_us"][0] == first_us + 100_000
