@@ -259,14 +259,15 @@ class Cascade:
 
     # ------------------------------------------------------------------ answering
     def generate(self, events: Any = None, video: Any = None, prompt: str = DEFAULT_PROMPT, *,
-                 start_us: int | None = None, end_us: int | None = None, video_offset_us: int = 0,
+                 start_us: int | None = None, end_us: int | None = None, video_offset_us: int | None = None,
                  mode: str = "cascade", allow_pickle: bool = False, on_text=None, clip: Any = None,
                  events_topic: str | None = None, video_topic: str | None = None, **options: Any) -> Answer:
         """Answer ``prompt`` about a clip.
 
         ``events``: a path, or any packet `LiveSession.push_events` takes (an `Events`, a structured array
         (x, y, t, p), a mapping, an ``(x, y, t_us, p)`` tuple; see `Events.coerce`); ``video``: a path, a `Video`, or
-        uint8 frames ``[T, H, W, 3]``; or ``clip``: an `evcascade.clip.Clip` already on one clock (then events,
+        uint8 frames ``[T, H, W, 3]`` (``video_offset_us`` overrides `evcascade.clip`'s default alignment); or
+        ``clip``: an `evcascade.clip.Clip` already on one clock (then events,
         video and the window arguments are not used). ``options`` are `GenerationOptions` fields
         (max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_strings, draft_k, adaptive, and the
         opt-in lossy ``acceptance`` / ``lenience``: lossless unless asked). ``events_topic`` / ``video_topic``
@@ -315,7 +316,7 @@ class Cascade:
             streamer.end()
         inputs = {"window_us": [clip.start_us, clip.end_us], "num_events": len(clip.events),
                   "num_frames": len(clip.video), "events": clip.events_path, "video": clip.video_path,
-                  "prompt": prompt}
+                  "prompt": prompt, "alignment": clip.alignment.to_dict() if clip.alignment is not None else None}
         return Answer(result.text or "", result.token_ids[0].tolist(), result.stats, mode, inputs,
                       result.token_sources)
 

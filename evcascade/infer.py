@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,7 +55,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"question (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--start-us", type=int, default=None, help="window start on the events clock (us)")
     p.add_argument("--end-us", type=int, default=None, help="window end on the events clock (us, exclusive)")
-    p.add_argument("--video-offset-us", type=int, default=0, help="added to video timestamps to reach the events clock")
+    p.add_argument("--video-offset-us", type=int, default=None,
+                   help="added to video timestamps to reach the events clock (default: a clockless video such as "
+                        "an mp4 whose times miss the events' starts at the first event; a DSEC folder keeps its own)")
+    p.add_argument("--sort-events", action="store_true", help="sort unsorted event timestamps (reads the whole file)")
+    p.add_argument("--sensor-size", type=_sensor_size, default=None, metavar="WxH",
+                   help="sensor size for event files that do not record it, e.g. 640x480")
     p.add_argument("--num-frames", type=int, default=None,
                    help="frames sampled from the video window (default: what the model takes; 8 without a model)")
     p.add_argument("--model", default=BUNDLED_MODEL, help="preset name or local folder (default: the bundled demo cascade)")
@@ -77,6 +83,32 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="say more on stderr (-v: loading steps, library warnings; -vv: debug); or EVCASCADE_LOG=info|debug")
     return p
+
+
+def _sensor_size(text: str) -> tuple[int, int]:
+    """``--sensor-size 640x480`` -> (640, 480)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise argparse.ArgumentTypeError(f"expected WxH with positive integers, e.g. 640x480, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+# Hints in the library's errors name Python arguments; on the command line the flags are what a user can pass.
+CLI_WORDING: dict[str, str] = {
+    "pass sort=True": "pass --sort-events",
+    "pass sensor_size=(W, H)": "pass --sensor-size WxH",
+    "pass allow_pickle=True": "pass --allow-pickle",
+    "pass video_offset_us": "pass --video-offset-us",
+    "or start_us and end_us": "or --start-us and --end-us",
+    "pass start_us and end_us": "pass --start-us and --end-us",
+}
+
+
+def cli_wording(message: str) -> str:
+    """An error or note from the library, with its hints naming this command's flags."""
+    for python_words, cli_words in CLI_WORDING.items():
+        message = message.replace(python_words, cli_words)
+    return message
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -148,7 +180,7 @@ class _Spinner:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load the clip and the model, answer; returns the JSON-able result (also used by the human printer)."""
     from evcascade.cascade import Cascade, resolve_model
-    from evcascade.clip import load_clip
+    from evcascade.clip import ClockAlignmentWarning, load_clip
 
     quiet = args.json
     timings: dict[str, float] = {}
@@ -166,18 +198,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  f"{cascade.num_frames} frames")
         num_frames = cascade.num_frames if cascade is not None else (args.num_frames or 8)
         t0 = time.perf_counter()
-        clip = load_clip(
-            args.events, args.video, start_us=args.start_us, end_us=args.end_us,
-            video_offset_us=args.video_offset_us, num_frames=num_frames, allow_pickle=args.allow_pickle,
-            events_topic=args.events_topic, video_topic=args.video_topic,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ClockAlignmentWarning)  # said below, naming the flag
+            clip = load_clip(
+                args.events, args.video, start_us=args.start_us, end_us=args.end_us,
+                video_offset_us=args.video_offset_us, num_frames=num_frames, allow_pickle=args.allow_pickle,
+                events_topic=args.events_topic, video_topic=args.video_topic,
+                sort=args.sort_events, sensor_size=args.sensor_size,
+            )
         timings["load_clip"] = time.perf_counter() - t0
         logger.info("loaded the clip in %.1f s: %d events, %d frames, window [%d, %d) us", timings["load_clip"],
                     len(clip.events), len(clip.video), clip.start_us, clip.end_us)
+    if clip.alignment.automatic:
+        print(clip.alignment.message(override="--video-offset-us"), file=sys.stderr, flush=True)
     inputs = {
         "events": str(args.events), "video": str(args.video), "prompt": args.prompt,
         "window_us": [clip.start_us, clip.end_us], "num_events": len(clip.events),
-        "num_frames": len(clip.video), "video_offset_us": args.video_offset_us,
+        "num_frames": len(clip.video), "video_offset_us": clip.alignment.video_offset_us,
+        "alignment": clip.alignment.to_dict(),
     }
     result: dict[str, Any] = {"model": args.model, "mode": args.mode, "inputs": inputs, "timings_s": timings}
     if cascade is None:
@@ -242,7 +280,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         level = resolve_level(args.verbose)
         validate(args)
     except InputError as exc:
-        print(f"evcascade: error: {exc}", file=sys.stderr)
+        print(f"evcascade: error: {cli_wording(str(exc))}", file=sys.stderr)
         return 2
     with configured(level):
         try:
@@ -255,7 +293,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         except BrokenPipeError:
             return _stdout_closed()
         except InputError as exc:
-            print(f"evcascade: error: {exc}", file=sys.stderr)
+            print(f"evcascade: error: {cli_wording(str(exc))}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("evcascade: interrupted", file=sys.stderr)

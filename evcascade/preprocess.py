@@ -1,15 +1,13 @@
 """Frame preprocessing for CLIP-style vision towers: resize the shortest edge, centre crop, rescale, normalise.
 
-This is ``VideoLlavaImageProcessor`` (CLIP's recipe) in torch, so it runs on CPU or GPU, batched, without
-torchvision (which the stock Video-LLaVA video processor needs and which cannot be imported here).
+``preprocess_frames`` calls the reference, Hugging Face's ``VideoLlavaImageProcessor`` (Pillow; it needs no
+torchvision, unlike the stock Video-LLaVA video processor), so the verifier sees exactly the pixels Video-LLaVA
+is given: every caller (verifier, key-frame encoder, event encoder, target cache) goes through it.
 
-How it matches the PIL reference: PIL resizes an 8-bit image in two separable passes, horizontal then
-vertical, rounding and clipping to uint8 after each, with an antialiased bicubic kernel (a = -0.5).
-``torch.nn.functional.interpolate(mode="bicubic", antialias=True)`` uses the same kernel, so we run the two
-passes separately and round/clip in between. Measured against ``VideoLlavaImageProcessor`` on random frames
-from 37x500 to 1080x1440: at most 2 uint8 levels apart (PIL's fixed-point coefficients), i.e. at most
-``2 / 255 / min(std) ~= 0.030`` after normalisation, and under 1% of values differ at all. One fused 2-D
-torch resize without the intermediate rounding is up to 0.6 apart on upscaled noise (clipped overshoot).
+Why not a torch port: Pillow resizes in two 1-D passes with fixed-point coefficients and uint8 rounding between
+them, and picks which axis goes first by the shape (tall frames go vertical first), so a port that always went
+horizontal first was up to 0.35 apart after normalisation (708x245 frames). The port was not faster either:
+one thread, 8 frames, 1080x1440 -> 224: reference 153 ms, port 270 ms (``docs/bench/preprocess_paths.py``).
 
 >>> import numpy as np
 >>> frames = np.zeros((8, 480, 640, 3), dtype=np.uint8)
@@ -19,14 +17,15 @@ torch.Size([8, 3, 224, 224])
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from evcascade.errors import InputError, InputFileNotFoundError
 
@@ -34,17 +33,6 @@ CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 # PIL resampling enum values as stored in preprocessor_config.json
 _PIL_RESAMPLE: dict[int, str] = {2: "bilinear", 3: "bicubic"}
-
-
-def resized_shape(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
-    """``(height, width)`` after scaling the shorter side to ``shortest_edge`` (longer side floored, as HF does).
-
-    >>> resized_shape(480, 640, 224)
-    (224, 298)
-    """
-    if width <= height:
-        return int(shortest_edge * height / width), shortest_edge
-    return shortest_edge, int(shortest_edge * width / height)
 
 
 def _as_pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -70,6 +58,19 @@ def _as_frames_tensor(frames: Any, device: torch.device | str | None) -> torch.T
     return frames.to(device) if device is not None else frames
 
 
+@lru_cache(maxsize=16)
+def _reference_processor(size: int, crop_h: int, crop_w: int, mean: tuple, std: tuple, rescale_factor: float,
+                         resample: str):
+    """One ``VideoLlavaImageProcessor`` per setting (it holds no per-call state)."""
+    from transformers import VideoLlavaImageProcessor
+
+    pil_resample = {name: code for code, name in _PIL_RESAMPLE.items()}[resample]
+    return VideoLlavaImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": crop_h, "width": crop_w}, image_mean=list(mean),
+        image_std=list(std), rescale_factor=rescale_factor, resample=pil_resample,
+    )
+
+
 def preprocess_frames(
     frames: Any,
     *,
@@ -85,6 +86,7 @@ def preprocess_frames(
 
     ``size`` is the target of the shortest edge; ``crop_size`` an int (square) or ``(height, width)``; the
     output lands on ``device`` (default: where the frames are; numpy frames go to CPU). T = 0 gives ``[0, 3, h, w]``.
+    The work is the reference processor's, on CPU, frame by frame (see the module notes).
 
     >>> out = preprocess_frames(np.full((2, 64, 48, 3), 255, dtype=np.uint8), size=32, crop_size=32)
     >>> tuple(out.shape), round(float(out[0, 0, 0, 0]), 4)   # white: (1 - mean) / std
@@ -101,25 +103,19 @@ def preprocess_frames(
         raise InputError(f"mean and std must hold 3 values (std > 0), got mean={tuple(mean)} std={tuple(std)}")
 
     frames = _as_frames_tensor(frames, device)
-    num_frames, height, width, _ = frames.shape
-    if num_frames == 0:
-        return torch.zeros(0, 3, crop_h, crop_w, device=frames.device)
-
-    out_h, out_w = resized_shape(height, width, size)
-    pixels = frames.permute(0, 3, 1, 2).float()  # [T, 3, H, W] in 0..255
-    # PIL order: horizontal pass, round/clip to uint8, vertical pass, round/clip
-    if out_w != width:
-        pixels = F.interpolate(pixels, size=(height, out_w), mode=resample, antialias=True, align_corners=False)
-        pixels = pixels.round_().clamp_(0, 255)  # [T, 3, H, out_w]
-    if out_h != height:
-        pixels = F.interpolate(pixels, size=(out_h, out_w), mode=resample, antialias=True, align_corners=False)
-        pixels = pixels.round_().clamp_(0, 255)  # [T, 3, out_h, out_w]
-
-    top, left = (out_h - crop_h) // 2, (out_w - crop_w) // 2  # HF's floor convention for odd margins
-    pixels = pixels[:, :, top:top + crop_h, left:left + crop_w]  # [T, 3, crop_h, crop_w]
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
-    return (pixels * rescale_factor - mean_t) / std_t
+    out_device = frames.device
+    if frames.shape[0] == 0:
+        return torch.zeros(0, 3, crop_h, crop_w, device=out_device)
+    processor = _reference_processor(int(size), crop_h, crop_w, tuple(float(m) for m in mean),
+                                     tuple(float(s) for s in std), float(rescale_factor), resample)
+    frames_np = frames.cpu().numpy()  # [T, H, W, 3] uint8
+    # channels_last stated, not inferred: HF guesses the layout from the shape, and a 3-pixel-high frame fools it
+    options = {"return_tensors": "np", "input_data_format": "channels_last"}
+    if "return_legacy_image_output" in inspect.signature(processor.preprocess).parameters:
+        options["return_legacy_image_output"] = False  # 5.2x: the old key warns; later versions drop the switch
+    batch = processor.preprocess(list(frames_np), **options)
+    out = batch["pixel_values"] if "pixel_values" in batch else batch["pixel_values_images"]  # [T, 3, crop_h, crop_w]
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(out_device)
 
 
 @dataclass(frozen=True)

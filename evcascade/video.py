@@ -3,9 +3,11 @@
 Two sources are read, decoding only the frames that are sampled:
 
 - video files (``.mp4 .avi .mkv .mov .webm .m4v``) through ``decord.VideoReader.get_batch``, with
-  ``cv2.VideoCapture`` as the fallback when decord is missing or cannot open the file; frame ``i`` is
-  stamped ``video_offset_us + round(i * 1e6 / fps)``;
-- DSEC image folders, stamped by ``images/timestamps.txt`` (one integer, microseconds, per PNG)::
+  ``cv2.VideoCapture`` as the fallback when decord is missing or cannot read the file. Each frame is
+  stamped with its own presentation time from the container (PTS, read with PyAV without decoding),
+  counted from the first frame, plus ``video_offset_us``: variable-frame-rate files stay on time. Such
+  times have no clock of their own (``has_clock`` False), so ``load_clip`` may align them to the events;
+- DSEC image folders, stamped by ``images/timestamps.txt`` (one integer, microseconds, per PNG), a clock::
 
       <sequence>/                  (either this folder or images/ may be passed)
       └── images/
@@ -28,7 +30,12 @@ With fewer than ``num_frames`` frames in the window the rule repeats frames and 
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -49,10 +56,14 @@ class Video:
     (2, (4, 6, 3))
 
     Timestamps may repeat (a short window is padded by repeating frames) but never go back.
+    ``has_clock`` says whether they are on a clock of their own (a DSEC folder, a live or robot-log stream,
+    times the caller gives) or, for frames read from a container such as mp4, count from its first frame:
+    ``load_clip`` may align only the latter to the events.
     """
 
     frames: np.ndarray
     timestamps_us: np.ndarray
+    has_clock: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.frames, np.ndarray) or self.frames.ndim != 4 or self.frames.shape[-1] != 3:
@@ -107,11 +118,11 @@ class Video:
     def window(self, start_us: int | None = None, end_us: int | None = None) -> "Video":
         """Frames with ``start_us <= t < end_us`` (half-open; None is open). Views, no copy."""
         lo, hi = _window_bounds(self.timestamps_us, start_us, end_us)
-        return Video(self.frames[lo:hi], self.timestamps_us[lo:hi])
+        return Video(self.frames[lo:hi], self.timestamps_us[lo:hi], self.has_clock)
 
     def shift_time(self, offset_us: int) -> "Video":
         """The same frames with ``offset_us`` added to every timestamp (clock alignment)."""
-        return Video(self.frames, self.timestamps_us + np.int64(offset_us))
+        return Video(self.frames, self.timestamps_us + np.int64(offset_us), self.has_clock)
 
     def sample(
         self, num_frames: int = 8, start_us: int | None = None, end_us: int | None = None, *, source: str = "video"
@@ -122,7 +133,7 @@ class Video:
         none. ``source`` names the video in messages.
         """
         indices = _sample_window(self.timestamps_us, num_frames, start_us, end_us, source)
-        return Video(self.frames[indices], self.timestamps_us[indices])
+        return Video(self.frames[indices], self.timestamps_us[indices], self.has_clock)
 
     def __repr__(self) -> str:
         span = f"[{self.start_us}, {self.end_us}) us" if len(self) else "empty"
@@ -139,6 +150,9 @@ class VideoInfo(NamedTuple):
     end_us: int
     width: int
     height: int
+    has_clock: bool = False
+    """True when the frame times are on a clock of their own (DSEC ``timestamps.txt``); False for containers
+    (mp4 and the like), whose times count from their first frame."""
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -194,9 +208,10 @@ class _Source:
     width: int
     height: int
     reader: Callable[[np.ndarray], np.ndarray]  # sorted unique indices [n] -> uint8 [n, H, W, 3]
+    has_clock: bool  # frame times on a clock of their own (DSEC timestamps.txt), not counted from the first frame
 
 
-def _open(path, video_offset_us: int, need_size: bool, topic: str | None = None) -> _Source:
+def _open(path, video_offset_us: int, topic: str | None = None) -> _Source:
     """Open a video file, a DSEC image folder or a ROS bag's image topic without decoding more than one frame."""
     resolved = Path(path).expanduser()
     if not resolved.exists():
@@ -210,7 +225,7 @@ def _open(path, video_offset_us: int, need_size: bool, topic: str | None = None)
         span_us = int(images.timestamps_us[-1] - images.timestamps_us[0])
         fps = (len(images.timestamps_us) - 1) * 1e6 / span_us if span_us > 0 else 0.0
         return _Source(images.path, images.timestamps_us + np.int64(video_offset_us), fps,
-                       images.width, images.height, images.reader)
+                       images.width, images.height, images.reader, has_clock=True)
     if topic is not None:
         raise InputError(f"a video topic ({topic!r}; CLI: --video-topic) applies to ROS bags only, not to {str(path)!r}")
     if resolved.is_dir():
@@ -220,83 +235,174 @@ def _open(path, video_offset_us: int, need_size: bool, topic: str | None = None)
             f"{str(path)!r}: unknown video suffix {resolved.suffix!r}; expected one of {', '.join(VIDEO_SUFFIXES)} "
             "or a DSEC sequence/images folder"
         )
-    return _open_video_file(resolved, video_offset_us, need_size)
+    return _open_video_file(resolved, video_offset_us)
 
 
-def _frame_timestamps(num_frames: int, fps: float, offset_us: int) -> np.ndarray:
-    return np.rint(np.arange(num_frames) * (1e6 / fps)).astype(np.int64) + np.int64(offset_us)
+class _Container(NamedTuple):
+    """What PyAV reads from a video file's container without decoding a frame."""
+
+    timestamps_us: np.ndarray  # [N] int64, presentation times counted from the first frame, ascending
+    first_pts_ms: float  # the first frame's time as OpenCV's CAP_PROP_POS_MSEC reports it (from the stream start)
+    fps: float  # the average rate, for information only: frames are stamped by their own PTS
+    width: int
+    height: int
 
 
-def _open_video_file(path: Path, offset_us: int, need_size: bool) -> _Source:
+_NATIVE_STDERR_LOCK = threading.RLock()  # re-entrant: a capture inside a capture just nests
+
+
+@contextmanager
+def _native_stderr_captured():
+    """Point file descriptor 2 at a temporary file while native decoders run; yields a function returning the text.
+
+    decord, FFmpeg and OpenCV write straight to fd 2 (``moov atom not found``, ``video_reader.cc:83: ERROR
+    opening``), past ``sys.stderr``, so a user would see their lines before ours. What they said becomes part
+    of our one error line instead. Other threads' writes to fd 2 in this short window land in the file too.
+    """
+    captured: list[str] = []
+    with _NATIVE_STDERR_LOCK, tempfile.TemporaryFile(mode="w+b") as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: "".join(captured)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode("utf-8", "replace"))
+
+
+def _native_detail(text: str) -> str:
+    """The last line a native library printed, without its ``[component @ 0x...]`` prefix (empty when silent)."""
+    lines = [line.split("] ", 1)[-1].strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:160] if lines else ""
+
+
+def _probe_container(path: Path) -> _Container:
+    """Frame times from the container's packets (their PTS), size and rate, with PyAV: nothing is decoded.
+
+    Variable-frame-rate files (phones, screen recorders, robot pipelines) drift against events when frame
+    ``i`` is stamped ``i / fps``, so every frame keeps its own presentation time. PyAV keeps FFmpeg's log
+    off, so a corrupt or truncated file is one ``InputError`` naming it, with no native lines before it.
+    """
+    import av
+
     try:
-        return _open_decord(path, offset_us, need_size)
+        with _native_stderr_captured(), av.open(str(path)) as container:  # PyAV's log is off; older FFmpegs print
+            if not container.streams.video:
+                raise InputError(f"{str(path)!r}: the file holds no video stream")
+            stream = container.streams.video[0]
+            width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+            time_base, rate = stream.time_base, stream.average_rate
+            start = stream.start_time
+            # pts of every frame (decode order; sorted below), without the demuxer's trailing empty packet
+            pts = [packet.pts for packet in container.demux(stream) if packet.size and not packet.is_discard]
+    except av.error.FFmpegError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"{str(path)!r}: not a readable video (corrupt, truncated or unsupported: {reason})") from None
+    if not pts:
+        raise InputError(f"{str(path)!r}: the video has no frames")
+    if time_base is None or any(t is None for t in pts):
+        # rare (raw elementary streams): no per-frame times in the container, so the average rate it is
+        if not rate or rate <= 0:
+            raise InputError(f"{str(path)!r}: the video has neither frame timestamps nor a frame rate")
+        ticks, num, den = np.arange(len(pts), dtype=np.int64), rate.denominator, rate.numerator
+        first_ms = 0.0
+    else:
+        ticks = np.sort(np.asarray(pts, dtype=np.int64))
+        first_ms = float((int(ticks[0]) - (start if start is not None else int(ticks[0]))) * time_base * 1000)
+        ticks -= ticks[0]
+        num, den = time_base.numerator, time_base.denominator
+    timestamps_us = (ticks * (num * 1_000_000) + den // 2) // den  # exact rational -> us, rounded
+    fps = float(rate) if rate else (len(pts) - 1) * 1e6 / max(1, int(timestamps_us[-1]))
+    return _Container(timestamps_us, first_ms, fps, width, height)
+
+
+def _open_video_file(path: Path, offset_us: int) -> _Source:
+    container = _probe_container(path)
+    _check_stream(path, len(container.timestamps_us), container.fps)
+    try:
+        return _open_decord(path, container, offset_us)
     except ImportError:
         decord_error = "decord is not installed"
     except Exception as exc:  # decord raises RuntimeError / DECORDError on unreadable files
         decord_error = f"decord: {str(exc).splitlines()[0][:200]}"
-    return _open_opencv(path, offset_us, decord_error)
+    return _open_opencv(path, container, offset_us, decord_error)
 
 
-def _open_decord(path: Path, offset_us: int, need_size: bool) -> _Source:
+def _open_decord(path: Path, container: _Container, offset_us: int) -> _Source:
+    import cv2  # noqa: F401  before decord: decord's bundled zlib, loaded first, breaks OpenCV's PNG decoding
     import decord
 
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    num_frames, fps = len(reader), float(reader.get_avg_fps())
-    _check_stream(path, num_frames, fps)
-    height = width = 0
-    if need_size:  # decord exposes no size without decoding a frame; OpenCV reads it from the header
-        import cv2
-
-        capture = cv2.VideoCapture(str(path))
-        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        capture.release()
-        if width <= 0 or height <= 0:
-            height, width = _decode_decord(reader, path, np.array([0]))[0].shape[:2]
+    with _native_stderr_captured():
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    num_frames = len(reader)
+    if num_frames != len(container.timestamps_us):
+        raise RuntimeError(f"decord sees {num_frames} frames, the container {len(container.timestamps_us)}")
+    # decord indexes frames by the same PTS (as float32 seconds: too coarse to stamp with, fine to check with)
+    seconds = reader.get_frame_timestamp(range(num_frames))[:, 0].astype(np.float64)  # [N] frame start times
+    tolerance_us = 1e6 * float(np.spacing(np.float32(np.abs(seconds).max()))) + 1.0
+    if np.abs((seconds - seconds[0]) * 1e6 - container.timestamps_us).max() > tolerance_us:
+        raise RuntimeError("decord's frame times differ from the container's")
 
     def read(indices: np.ndarray) -> np.ndarray:
-        return _decode_decord(reader, path, indices)
+        return _decode_decord(reader, path, container, indices)
 
-    return _Source(str(path), _frame_timestamps(num_frames, fps, offset_us), fps, width, height, read)
+    return _Source(str(path), container.timestamps_us + np.int64(offset_us), container.fps, container.width,
+                   container.height, read, has_clock=False)
 
 
-def _decode_decord(reader, path: Path, indices: np.ndarray) -> np.ndarray:
+def _decode_decord(reader, path: Path, container: _Container, indices: np.ndarray) -> np.ndarray:
     try:
-        frames = reader.get_batch(indices.tolist()).asnumpy()  # [n, H, W, 3] RGB
+        with _native_stderr_captured():
+            frames = reader.get_batch(indices.tolist()).asnumpy()  # [n, H, W, 3] RGB
     except Exception as exc:
         # decord 0.6 also fails on some valid files (widths such as 48 or 72 px: "DECORDArrayCopyFromTo:
         # The size must exactly match"), so OpenCV gets a chance before the file is called corrupt.
         decord_error = f"decord: {str(exc).splitlines()[0][-160:]}"
-        return _open_opencv(path, 0, decord_error).reader(indices)
+        return _open_opencv(path, container, 0, decord_error).reader(indices)
     return np.ascontiguousarray(frames, dtype=np.uint8)
 
 
-def _open_opencv(path: Path, offset_us: int, decord_error: str) -> _Source:
+def _open_opencv(path: Path, container: _Container, offset_us: int, decord_error: str) -> _Source:
     import cv2
 
-    capture = cv2.VideoCapture(str(path))
+    with _native_stderr_captured() as said:
+        capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise InputError(f"{str(path)!r}: not a readable video (corrupt, truncated or unsupported; {decord_error})")
-    num_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    fps = float(capture.get(cv2.CAP_PROP_FPS))
-    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    _check_stream(path, num_frames, fps)
+        detail = _native_detail(said()) or decord_error
+        raise InputError(f"{str(path)!r}: not a readable video (corrupt, truncated or unsupported: {detail})")
+    num_frames = len(container.timestamps_us)
+    expected_ms = container.first_pts_ms + container.timestamps_us / 1000.0  # [N] CAP_PROP_POS_MSEC of each frame
+
+    def grab(index: int, position: int) -> None:
+        """Decode frame ``index``; seeking by frame number assumes a constant rate, so check where it landed."""
+        if index != position:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok = capture.grab()
+        if ok and abs(capture.get(cv2.CAP_PROP_POS_MSEC) - expected_ms[index]) > 0.5:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, 0)  # a variable-rate file: walk from the start instead
+            ok = all(capture.grab() for _ in range(index + 1))  # by count, which is the frame's index
+        if not ok:
+            raise InputError(
+                f"{str(path)!r}: corrupt or truncated video, frame {index} of {num_frames} unreadable ({decord_error})"
+            )
 
     def read(indices: np.ndarray) -> np.ndarray:
         frames, position = [], -1
-        for index in indices.tolist():
-            if index != position:  # seek only when the next needed frame is not the next decoded one
-                capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-            ok, frame_bgr = capture.read()
-            if not ok:
-                raise InputError(
-                    f"{str(path)!r}: corrupt or truncated video, frame {index} of {num_frames} unreadable "
-                    f"({decord_error})"
-                )
-            frames.append(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
-            position = index + 1
+        with _native_stderr_captured():
+            for index in indices.tolist():
+                grab(index, position)
+                ok, frame_bgr = capture.retrieve()
+                if not ok:
+                    raise InputError(f"{str(path)!r}: corrupt video, frame {index} of {num_frames} undecodable")
+                frames.append(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
+                position = index + 1
         return np.stack(frames)
 
-    return _Source(str(path), _frame_timestamps(num_frames, fps, offset_us), fps, width, height, read)
+    return _Source(str(path), container.timestamps_us + np.int64(offset_us), container.fps, container.width,
+                   container.height, read, has_clock=False)
 
 
 def _check_stream(path: Path, num_frames: int, fps: float) -> None:
@@ -382,7 +488,7 @@ def _open_image_folder(folder: Path, offset_us: int) -> _Source:
             frames.append(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
         return np.stack(frames)
 
-    return _Source(str(folder), stamps + np.int64(offset_us), fps, width, height, read)
+    return _Source(str(folder), stamps + np.int64(offset_us), fps, width, height, read, has_clock=True)
 
 
 # ---------------------------------------------------------------------------------------------- public
@@ -394,11 +500,11 @@ def video_info(path, *, video_offset_us: int = 0, topic: str | None = None) -> V
     >>> info.num_frames, info.fps, (info.start_us, info.end_us), (info.width, info.height)
     (30, 20.0, (0, 1450001), (64, 64))
     """
-    source = _open(path, video_offset_us, need_size=True, topic=topic)
+    source = _open(path, video_offset_us, topic=topic)
     return VideoInfo(
         path=source.path, num_frames=int(source.timestamps_us.shape[0]), fps=source.fps,
         start_us=int(source.timestamps_us[0]), end_us=int(source.timestamps_us[-1]) + 1,
-        width=source.width, height=source.height,
+        width=source.width, height=source.height, has_clock=source.has_clock,
     )
 
 
@@ -417,17 +523,17 @@ def read_video(
     >>> video.frames.shape, video.timestamps_us[:3].tolist(), video.key_frame.shape
     ((8, 64, 64, 3), [0, 200000, 400000], (64, 64, 3))
     """
-    source = _open(path, video_offset_us, need_size=False, topic=topic)
+    source = _open(path, video_offset_us, topic=topic)
     indices = _sample_window(source.timestamps_us, num_frames, start_us, end_us, repr(source.path))  # [num_frames]
     unique, inverse = np.unique(indices, return_inverse=True)
     frames = source.reader(unique)  # [U, H, W, 3]
-    return Video(frames[inverse], source.timestamps_us[indices])
+    return Video(frames[inverse], source.timestamps_us[indices], has_clock=source.has_clock)
 
 
 def write_video(path, video: Video, fps: float, *, fourcc: str = "mp4v") -> Path:
     """Write ``video`` as a file at ``fps`` (lossy ``mp4v``, which opencv-python-headless can encode).
 
-    Only the frame rate is stored: reading back stamps frame ``i`` at ``round(i * 1e6 / fps)`` plus the
+    Frames are written at a constant rate: reading back stamps frame ``i`` at ``round(i * 1e6 / fps)`` plus the
     reader's ``video_offset_us``, so keep the first timestamp (``video.start_us``) next to the file.
     """
     import cv2

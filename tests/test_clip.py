@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 import evcascade.events.io as events_io
-from evcascade.clip import Clip, clip_window, load_clip
+from evcascade.clip import Alignment, ClockAlignmentWarning, Clip, clip_window, load_clip
 from evcascade.errors import InputError
 from evcascade.events.container import Events
 from evcascade.events.io import read_events, write_events
@@ -123,3 +125,90 @@ def test_empty_events_object_with_explicit_window_is_valid(files):
     with pytest.raises(InputError, match="events must be a path or an Events"):
         load_clip(42, video_path)
     assert len(read_events(files[0], 0, 100_000)) == 0  # sanity: the file starts at 100 ms
+
+
+# ---------------------------------------------------------------------------------------------- default alignment
+T_OFFSET_US = 49_599_300_529  # a real DSEC recording's t_offset: events on the image clock, ~13.8 h in
+
+
+@pytest.fixture(scope="module")
+def dsec_and_mp4(tmp_path_factory):
+    """A DSEC-layout events.h5 on the image clock and an mp4 of the same span (the mp4 counts from 0)."""
+    folder = tmp_path_factory.mktemp("dsec_mp4")
+    events = make_events(0, 1_400_000)
+    on_image_clock = Events.from_arrays(events.x, events.y, events.t_us + T_OFFSET_US, events.p, events.sensor_size)
+    write_events(folder / "events.h5", on_image_clock, t_offset_us=T_OFFSET_US)
+    write_video(folder / "video.mp4", make_video(), FPS)
+    return folder / "events.h5", folder / "video.mp4", on_image_clock
+
+
+def test_clockless_video_missing_the_events_is_aligned_to_their_start_and_says_so(dsec_and_mp4):
+    events_path, video_path, events = dsec_and_mp4
+    with pytest.warns(ClockAlignmentWarning, match=rf"^aligned video t=0 to events t={T_OFFSET_US} us; "
+                                                   r"pass video_offset_us to override$"):
+        clip = load_clip(events_path, video_path, num_frames=4)
+    assert clip.alignment == Alignment(T_OFFSET_US, "events_start", video_start_us=0, events_start_us=T_OFFSET_US)
+    assert clip.alignment.automatic and clip.alignment.to_dict()["rule"] == "events_start"
+    # video [0, 1.45 s] lands on [T0, T0 + 1.45 s]; the events end at T0 + 1.4 s
+    assert (clip.start_us, clip.end_us) == (T_OFFSET_US, T_OFFSET_US + 1_400_000)
+    expected = np.linspace(0, 27, 4).astype(int)  # frames 0 .. 27 (t = 0 .. 1.35 s) lie in the window
+    np.testing.assert_array_equal(clip.video.timestamps_us, T_OFFSET_US + expected * 50_000)
+    red = np.median(clip.video.frames[..., 0], axis=(1, 2))
+    np.testing.assert_allclose(red, 8 * expected, atol=6)  # the right frames were decoded
+    np.testing.assert_array_equal(clip.events.t_us, events.t_us)
+
+
+def test_given_offset_overrides_and_a_miss_says_what_to_pass(dsec_and_mp4):
+    events_path, video_path, _ = dsec_and_mp4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an explicit offset is used silently
+        clip = load_clip(events_path, video_path, video_offset_us=T_OFFSET_US + 200_000, num_frames=2)
+    assert clip.alignment.rule == "given" and clip.start_us == T_OFFSET_US + 200_000
+    with pytest.raises(InputError, match=r"do not overlap in time: events \[49599300529, .*video \[0, 1450001\) us; "
+                                         r"pass video_offset_us"):
+        load_clip(events_path, video_path, video_offset_us=0)
+
+
+def test_videos_with_a_clock_are_used_as_they_are(dsec_and_mp4, tmp_path):
+    events_path, video_path, events = dsec_and_mp4
+    video = make_video()  # a Video made by the caller: its times are what the caller says
+    with pytest.raises(InputError, match="do not overlap in time"):
+        load_clip(events_path, video)
+    clockless = Video(video.frames, video.timestamps_us, has_clock=False)  # e.g. read_video of an mp4
+    with pytest.warns(ClockAlignmentWarning):
+        assert load_clip(events_path, clockless).alignment.video_offset_us == T_OFFSET_US
+    # a DSEC image folder carries the image clock (timestamps.txt): never moved
+    from test_video import write_dsec_folder
+
+    write_dsec_folder(tmp_path / "seq", video.frames[:10], np.arange(10) * 50_000)
+    with pytest.raises(InputError, match="do not overlap in time"):
+        load_clip(events_path, tmp_path / "seq")
+    clip = load_clip(events_path, tmp_path / "seq", video_offset_us=T_OFFSET_US, num_frames=2)
+    assert clip.alignment.rule == "given"
+    near = load_clip(make_events(0, 400_000), tmp_path / "seq", num_frames=2)
+    assert near.alignment.rule == "clock" and near.alignment.video_offset_us == 0
+
+
+def test_clockless_video_already_meeting_the_events_is_left_alone(files):
+    events_path, video_path, _, _ = files
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clip = load_clip(events_path, video_path)
+    assert clip.alignment == Alignment(0, "as_is", video_start_us=0, events_start_us=100_000)
+
+
+def test_reversed_timestamps_are_named_and_sort_reads_them(tmp_path):
+    events = make_events(0, 1_000_000)
+    path = tmp_path / "reversed.h5"
+    write_events(path, events, t_offset_us=0)
+    import h5py
+    import hdf5plugin  # noqa: F401  (Blosc filter for the rewrite)
+
+    with h5py.File(path, "r+") as handle:  # a recording whose time column runs backwards
+        t = handle["events/t"][:]
+        handle["events/t"][:] = t[::-1]
+    with pytest.raises(InputError, match=r"reversed\.h5.*timestamps are not sorted.*pass sort=True"):
+        load_clip(path, make_video())
+    clip = load_clip(path, make_video(), sort=True, num_frames=2)
+    np.testing.assert_array_equal(clip.events.t_us, np.sort(events.t_us)[: len(clip.events)])
+    assert clip.events_path == str(path)

@@ -6,6 +6,7 @@ mp4 round trips, sampling, windows, offsets, DSEC image folders, and every bad i
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ from evcascade import video as video_module
 from evcascade.errors import InputError, InputFileNotFoundError
 from evcascade.video import Video, read_video, sample_frame_indices, video_info, write_video
 
+ROOT = Path(__file__).resolve().parents[1]  # child processes import this checkout's evcascade
 FPS = 20.0
 NUM = 30  # frames: t_i = i * 50 ms, 0 .. 1.45 s
 H, W = 48, 64
@@ -138,7 +140,7 @@ def test_decord_size_bug_falls_back_to_opencv(tmp_path):
     video = read_video(path, 3)
     assert video.frames.shape == (3, 32, 48, 3)
     assert np.abs(video.frames.astype(int) - frames[[0, 2, 5]].astype(int)).mean() < 6.0
-    assert video_info(path)[1:] == (6, FPS, 0, 250_001, 48, 32)
+    assert video_info(path)[1:] == (6, FPS, 0, 250_001, 48, 32, False)  # a container: no clock of its own
 
 
 @pytest.mark.timeout(60)
@@ -233,3 +235,101 @@ def test_video_contract_window_shift_sample():
         Video(frames, [0, 10, 5, 30, 40])
     with pytest.raises(InputError, match="no frames in the window"):
         video.sample(3, 100, 200)
+
+
+# ---------------------------------------------------------------------------------------------- container clocks
+VFR_PTS_MS = [0, 105, 188, 259, 305, 355, 379, 406, 427, 464, 565, 649, 760, 830, 910, 1027, 1119, 1202, 1276, 1351]
+
+
+@pytest.fixture(scope="module")
+def vfr_mp4(tmp_path_factory):
+    """A variable-frame-rate H.264 mp4 (B-frames, so packets come out of presentation order), per-frame PTS."""
+    import fractions
+
+    import av
+
+    path = tmp_path_factory.mktemp("vfr") / "vfr.mp4"
+    frames = make_frames(len(VFR_PTS_MS))
+    time_base = fractions.Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=20, options={"crf": "10"})
+        stream.width, stream.height, stream.pix_fmt, stream.time_base = W, H, "yuv420p", time_base
+        stream.codec_context.time_base = time_base
+        for frame_rgb, pts_ms in zip(frames, VFR_PTS_MS):
+            frame = av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")
+            frame.pts, frame.time_base = pts_ms, time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path, frames
+
+
+@pytest.mark.parametrize("decoder", ["decord", "opencv"])
+def test_variable_frame_rate_frames_keep_their_container_times(vfr_mp4, monkeypatch, decoder):
+    path, frames = vfr_mp4
+    if decoder == "opencv":
+        monkeypatch.setattr(video_module, "_open_decord", lambda *a, **k: (_ for _ in ()).throw(ImportError("decord")))
+    stamps_us = np.array(VFR_PTS_MS) * 1000
+    every = read_video(path, num_frames=len(VFR_PTS_MS))
+    np.testing.assert_array_equal(every.timestamps_us, stamps_us)  # not i / average fps (that drifts 100+ ms here)
+    assert frame_ids(every.frames, frames) == list(range(len(VFR_PTS_MS)))
+    window = read_video(path, 4, 400_000, 1_200_000, video_offset_us=5)  # frames 7 .. 16 by their own times
+    expected = 7 + np.linspace(0, 9, 4).astype(int)
+    np.testing.assert_array_equal(window.timestamps_us, stamps_us[expected] + 5)
+    assert frame_ids(window.frames, frames) == expected.tolist()
+    info = video_info(path)
+    assert (info.num_frames, info.start_us, info.end_us, info.has_clock) == (20, 0, 1_351_001, False)
+    assert not every.has_clock
+
+
+def test_corrupt_video_is_one_clean_stderr_line(mp4, tmp_path):
+    """Native decoders print to fd 2 directly (`moov atom not found`, `video_reader.cc:83: ERROR opening`):
+    a child process's whole stderr must be our one line."""
+    import subprocess
+    import sys
+
+    path, _ = mp4
+    truncated = tmp_path / "cut.mp4"
+    truncated.write_bytes(path.read_bytes()[:2000])
+    script = (
+        "import sys\nfrom evcascade.errors import InputError\nfrom evcascade import video\n"
+        "for probe in (video.read_video, video.video_info):\n"
+        "    try:\n        probe(sys.argv[1])\n"
+        "    except InputError as exc:\n        print(f'error: {exc}', file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(truncated)], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2, done.stderr
+    for line in lines:
+        assert line.startswith("error: ") and "cut.mp4" in line and "not a readable video" in line, line
+    # the fallbacks silence their own native output: decord and OpenCV opened on the file directly
+    script = (
+        "import sys, pathlib\nfrom evcascade import video\n"
+        "c = video._Container(video.np.zeros(1, 'int64'), 0.0, 20.0, 64, 48)\n"
+        "for opener in (video._open_decord, lambda p, c, o: video._open_opencv(p, c, o, 'x')):\n"
+        "    try:\n        opener(pathlib.Path(sys.argv[1]), c, 0)\n"
+        "    except Exception as exc:\n        print(f'error: {type(exc).__name__}', file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(truncated)], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    assert done.stderr.splitlines() == ["error: RuntimeError", "error: InputError"], done.stderr
+
+
+def test_png_images_decode_after_an_mp4_was_read(tmp_path):
+    """decord's bundled zlib, loaded before OpenCV, breaks OpenCV's PNG decoding (DSEC folders, bag images)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from evcascade.cascade import ASSETS\n"
+        "from evcascade.video import read_video\n"
+        "read_video(ASSETS / 'sample' / 'video.mp4', 2)\n"
+        "import cv2\n"
+        "image = np.arange(24 * 32 * 3, dtype=np.uint8).reshape(24, 32, 3)\n"
+        "ok, png = cv2.imencode('.png', image)\n"
+        "decoded = cv2.imdecode(png, cv2.IMREAD_COLOR)\n"
+        "assert decoded is not None and (decoded == image).all()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
