@@ -94,6 +94,20 @@ class Verifier(abc.ABC):
     def cache_length(self) -> int:
         """Positions in the KV cache: the prompt plus every verified token not rolled back."""
 
+    supports_trees: bool = False
+    """True when ``verify_tree`` / ``keep_tree_path`` work (else the engine verifies chains only)."""
+
+    def verify_tree(self, token_ids: torch.LongTensor, parents: tuple[int, ...]) -> torch.Tensor:
+        """Append a token tree (``decoding/tree.py``) ``token_ids [B, n]`` whose node i has parent ``parents[i]``
+        (``parents[0] == -1``) in one forward with a tree attention mask and depth-based positions; logits
+        ``[B, n, V]``, row i the distribution after the path root -> i. Follow with ``keep_tree_path``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot verify token trees")
+
+    def keep_tree_path(self, path: list[int]) -> None:
+        """After ``verify_tree``: keep the root's and the nodes ``path``'s cache entries (in that order), drop the
+        rest, so the cache holds ``... root, path`` as if that chain alone had been verified."""
+        raise NotImplementedError(f"{type(self).__name__} cannot verify token trees")
+
 
 def _sync(device: torch.device) -> None:
     """Wait for queued GPU work so wall-clock timings mean something (a no-op on CPU)."""
@@ -232,6 +246,46 @@ class _KVCacheVerifier(Verifier):
         self.timings["verify"] += time.perf_counter() - start
         self._length += token_ids.shape[1]
         return logits
+
+    supports_trees = True
+
+    def verify_tree(self, token_ids: torch.LongTensor, parents: tuple[int, ...]) -> torch.Tensor:
+        from evcascade.decoding.tree import TokenTree, attention_mask, position_ids
+
+        if self._cache is None:
+            raise InputError("verify_tree() called before prefill(): start a request first")
+        token_ids = _check_token_ids(token_ids, "token_ids", self.vocab_size, self.device)
+        TokenTree(token_ids[0], tuple(parents))  # checks the parents
+        num_nodes = token_ids.shape[1]
+        # the deepest node sits at past + depth: that, not past + n, is what must fit the context
+        depth = int(position_ids(parents, 0)[0].max()) + 1
+        self._check_fits(depth)
+        start = time.perf_counter()
+        past = self._length
+        # the dtype's own -inf keeps bf16/fp16 models' additive masks finite where allowed and -inf elsewhere
+        mask = attention_mask(parents, past, dtype=self.dtype, device=self.device)  # [1, 1, n, past+n]
+        logits, self._cache = self._forward(self._cache, input_ids=token_ids, attention_mask=mask,
+                                            position_ids=position_ids(parents, past, self.device))  # [B, n, V]
+        _sync(self.device)
+        self.timings["verify"] += time.perf_counter() - start
+        self._length += num_nodes
+        self._tree = (past, tuple(parents))
+        return logits
+
+    def keep_tree_path(self, path: list[int]) -> None:
+        from evcascade.decoding.tree import compact_kv
+
+        tree, self._tree = getattr(self, "_tree", None), None
+        if tree is None:
+            raise InputError("keep_tree_path() needs a verify_tree() before it")
+        past, parents = tree
+        keep = [0, *path]
+        if any(not 0 < node < len(parents) or parents[node] != parent for parent, node in zip(keep, path)):
+            raise InputError(f"path must be a chain of nodes from the root (parents {list(parents)}), got {path}")
+        for layer in self._cache.layers:  # DynamicCache: one DynamicLayer per decoder layer, [B, H, S, D] each
+            layer.keys = compact_kv(layer.keys, past, keep)
+            layer.values = compact_kv(layer.values, past, keep)
+        self._length = past + len(keep)
 
     def rollback(self, num_tokens: int) -> None:
         verified = self._length - self._prompt_length
