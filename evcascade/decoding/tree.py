@@ -61,9 +61,11 @@ class TokenTree:
         return [i for i in range(node + 1, self.num_nodes) if self.parents[i] == node]
 
 
-def build_tree(root_id: int, paths: Sequence[Sequence[int]], sources: Sequence[str] | None = None) -> TokenTree:
-    """Merge draft ``paths`` (each a list of token ids following the root) into a trie; a node shared by several
-    paths is named after the first path that made it.
+def build_tree(root_id: int, paths: Sequence[Sequence[int]],
+               sources: Sequence[str | Sequence[str]] | None = None) -> TokenTree:
+    """Merge draft ``paths`` (each a list of token ids following the root) into a trie; ``sources`` names each
+    path's proposer (one name, or one per token); a node shared by several paths is named after the first path
+    that made it.
 
     >>> tree = build_tree(7, [[1, 2, 3], [1, 4], [5]], ["L2", "L1", "ngram"])
     >>> tree.token_ids.tolist(), list(tree.parents), list(tree.sources)
@@ -76,13 +78,16 @@ def build_tree(root_id: int, paths: Sequence[Sequence[int]], sources: Sequence[s
     child_of: dict[tuple[int, int], int] = {}
     for path, source in zip(paths, sources):
         node = 0
-        for token in path:
+        names_of_path = [source] * len(path) if isinstance(source, str) else list(source)
+        if len(names_of_path) != len(path):
+            raise ValueError(f"a path of {len(path)} tokens needs as many sources, got {len(names_of_path)}")
+        for token, name in zip(path, names_of_path):
             key = (node, int(token))
             if key not in child_of:
                 child_of[key] = len(tokens)
                 tokens.append(int(token))
                 parents.append(node)
-                names.append(source)
+                names.append(name)
             node = child_of[key]
     return TokenTree(torch.tensor(tokens, dtype=torch.long), tuple(parents), tuple(names))
 
