@@ -275,13 +275,14 @@ class _KVCacheVerifier(Verifier):
     def keep_tree_path(self, path: list[int]) -> None:
         from evcascade.decoding.tree import compact_kv
 
-        tree, self._tree = getattr(self, "_tree", None), None
+        tree = getattr(self, "_tree", None)
         if tree is None:
             raise InputError("keep_tree_path() needs a verify_tree() before it")
         past, parents = tree
         keep = [0, *path]
         if any(not 0 < node < len(parents) or parents[node] != parent for parent, node in zip(keep, path)):
             raise InputError(f"path must be a chain of nodes from the root (parents {list(parents)}), got {path}")
+        self._tree = None
         for layer in self._cache.layers:  # DynamicCache: one DynamicLayer per decoder layer, [B, H, S, D] each
             layer.keys = compact_kv(layer.keys, past, keep)
             layer.values = compact_kv(layer.values, past, keep)
