@@ -308,7 +308,8 @@ class CascadeDecoder:
         accepted drafts and the target's token after them, before any stop cut) and who proposed each."""
         # draft: the plan's chain (horizontal segments, vertical reviews), then the branches that pay for themselves
         chain = self._draft_plan(plan, generated, req)  # Draft [B, k]
-        tree = self._tree(generated, chain, room, req)  # root = the pending token, then k + m draft nodes
+        tree = self._tree(int(generated[0, -1]), chain, room, generated.shape[1], req,  # root: the pending token
+                          cached=self.verifier.cache_length)
         # verify: ONE target forward over the pending token and every node
         started = time.perf_counter()
         if tree.is_chain:
@@ -330,24 +331,28 @@ class CascadeDecoder:
     def _first_block(self, request: VerifyRequest, prompt_ids: torch.LongTensor, options: GenerationOptions,
                      req: _Request) -> tuple[torch.LongTensor, list[str]]:
         """The prefill: the first token ``[B, 1]``, or, drafting in the prefill, the accepted first drafts and
-        the target's next token ``[B, n+1]``; with who proposed each. The block is a chain whose root is the
-        prompt's last token (already in the prefill), so accept and commit are the step's own."""
+        the target's next token ``[B, n+1]``; with who proposed each. The block (chain or tree) is rooted at the
+        prompt's last token, judged by the prefill's own forward; accept and commit are the step's own."""
         room = self._room(options, 0, cached=prompt_ids.shape[1])
         req.segments, req.spares = [], []
         chain = Draft(prompt_ids[:, :0])
         if options.draft_in_prefill and self.levels and room > 0 and self.verifier.drafts_in_prefill:
             plan = self.policy.plan_prefill(room) if options.adaptive else self._plan(options, room)
             chain = self._draft_plan(plan, prompt_ids[:, :0], req)
-        if chain.num_tokens:
+        tree = self._tree(int(prompt_ids[0, -1]), chain, room, 0, req, cached=prompt_ids.shape[1] - 1)
+        if not tree.is_chain:
+            target_logits = self.verifier.prefill_with_tree(request, tree.token_ids[None], tree.parents)  # [B, n, V]
+        elif chain.num_tokens:
             target_logits = self.verifier.prefill_with_draft(request, chain.token_ids)  # [B, k+1, V]
         else:
             target_logits = self.verifier.prefill(request)[:, None]  # [B, 1, V]
         req.stats.target_forwards += 1  # the prefill (stats.steps counts the verifies after it)
-        tree = build_tree(int(prompt_ids[0, -1]), [chain.token_ids[0].tolist()], [self._chain_sources(req, chain)])
         path, next_token = self._accept(tree, chain, target_logits, 0, req)
-        self.verifier.rollback(chain.num_tokens - len(path))
-        new_ids, sources = self._commit(tree, chain.num_tokens, path, next_token, req)
-        return new_ids, sources
+        if tree.is_chain:
+            self.verifier.rollback(chain.num_tokens - len(path))
+        else:
+            self.verifier.keep_tree_path(path)
+        return self._commit(tree, chain.num_tokens, path, next_token, req)
 
     def _accept(self, tree: TokenTree, chain: Draft, target_logits: torch.Tensor, first_position: int,
                 req: _Request) -> tuple[list[int], int]:
@@ -390,15 +395,18 @@ class CascadeDecoder:
 
     # -- token trees -----------------------------------------------------------------------------------------
 
-    def _tree(self, generated: torch.LongTensor, chain: Draft, room: int, req: _Request) -> TokenTree:
-        """The step's block: the chain, plus the candidate branches the policy finds worth their verify cost.
-        Branch node sources read "kind:level" (kinds: "alt", a drafter's second choice where it was unsure;
-        "spare", a lower level's drafts its reviewer rejected)."""
-        root, chain_ids = int(generated[0, -1]), chain.token_ids[0].tolist()
+    def _tree(self, root: int, chain: Draft, room: int, first_position: int, req: _Request, *,
+              cached: int) -> TokenTree:
+        """The block after ``root``: the chain, plus the candidate branches the policy finds worth their verify
+        cost (the chain's first draft sits at answer position ``first_position``; ``cached`` positions precede
+        the root in the target's cache). Branch node sources read
+        "kind:level" (kinds: "alt", a drafter's second choice where it was unsure; "spare", a lower level's
+        drafts its reviewer rejected)."""
+        chain_ids = chain.token_ids[0].tolist()
         chain_names = self._chain_sources(req, chain)
         if not req.trees or not chain_ids:
             return build_tree(root, [chain_ids], [chain_names])
-        candidates = self._alternatives(chain, generated.shape[1], req) + [
+        candidates = self._alternatives(chain, first_position, req) + [
             (path, f"spare:{self.levels[level].name}") for path, level in req.spares]
         branches, paths = [], []
         for path, source in candidates:
@@ -413,7 +421,11 @@ class CascadeDecoder:
         for index, j in chosen:
             depth_of[index] = max(depth_of.get(index, -1), j)
         extra = [paths[i][0][: branches[i].depth + j] for i, j in sorted(depth_of.items())]
-        return build_tree(root, [chain_ids, *extra], [chain_names, *(paths[i][1] for i in sorted(depth_of))])
+        tree = build_tree(root, [chain_ids, *extra], [chain_names, *(paths[i][1] for i in sorted(depth_of))])
+        max_positions = getattr(self.verifier, "max_positions", None)
+        if max_positions is not None and cached + tree.num_nodes > max_positions:
+            return build_tree(root, [chain_ids], [chain_names])  # near the context's end: the cache must hold them
+        return tree
 
     def _alternatives(self, chain: Draft, first_position: int, req: _Request) -> list[tuple[list[int], str]]:
         """Second choices of the drafters that were unsure (top probability below 0.9): per such chain position

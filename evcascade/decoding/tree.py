@@ -101,7 +101,8 @@ def ancestor_matrix(parents: Sequence[int]) -> torch.BoolTensor:
     n = len(parents)
     visible = torch.eye(n, dtype=torch.bool)
     for i in range(1, n):
-        visible[i] |= visible[parents[i]]  # parents come first, so their rows are complete
+        if parents[i] >= 0:  # -1: a root hanging off the cached positions (a forest, as in a prefill's tail)
+            visible[i] |= visible[parents[i]]  # parents come first, so their rows are complete
     return visible
 
 
@@ -128,8 +129,22 @@ def position_ids(parents: Sequence[int], past_length: int, device: torch.device 
     """
     depths = [0] * len(parents)
     for i in range(1, len(parents)):
-        depths[i] = depths[parents[i]] + 1
+        depths[i] = depths[parents[i]] + 1 if parents[i] >= 0 else 0
     return (torch.tensor(depths, dtype=torch.long) + past_length)[None].to(device)
+
+
+def tail_parents(num_chain: int, parents: Sequence[int]) -> list[int]:
+    """Parents of a prefill's tail: ``num_chain`` prompt tokens (a chain) followed by a draft tree's nodes 1..n-1,
+    whose root (node 0) is the last of those prompt tokens, or the last cached position when ``num_chain`` is 0
+    (then the tree's first level hangs off the cache: parent -1).
+
+    >>> tail_parents(2, [-1, 0, 1, 0])  # prompt a b; tree b -> x -> y, b -> z
+    [-1, 0, 1, 2, 1]
+    >>> tail_parents(0, [-1, 0, 1, 0])
+    [-1, 0, -1]
+    """
+    chain = [i - 1 for i in range(num_chain)]
+    return chain + [num_chain - 1 + parent if num_chain - 1 + parent >= 0 else -1 for parent in parents[1:]]
 
 
 def accept_path(tree: TokenTree, target_choices: torch.LongTensor) -> tuple[list[int], int]:

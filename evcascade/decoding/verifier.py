@@ -95,7 +95,8 @@ class Verifier(abc.ABC):
         """Positions in the KV cache: the prompt plus every verified token not rolled back."""
 
     supports_trees: bool = False
-    """True when ``verify_tree`` / ``keep_tree_path`` work (else the engine verifies chains only)."""
+    """True when ``verify_tree``, ``prefill_with_tree`` and ``keep_tree_path`` work (else the engine verifies
+    chains only)."""
 
     def verify_tree(self, token_ids: torch.LongTensor, parents: tuple[int, ...]) -> torch.Tensor:
         """Append a token tree (``decoding/tree.py``) ``token_ids [B, n]`` whose node i has parent ``parents[i]``
@@ -103,8 +104,15 @@ class Verifier(abc.ABC):
         ``[B, n, V]``, row i the distribution after the path root -> i. Follow with ``keep_tree_path``."""
         raise NotImplementedError(f"{type(self).__name__} cannot verify token trees")
 
+    def prefill_with_tree(self, request: VerifyRequest, token_ids: torch.LongTensor,
+                          parents: tuple[int, ...]) -> torch.Tensor:
+        """Start a request with a draft tree after the prompt in the prefill's own forward: ``token_ids [B, n]``
+        with node 0 the prompt's last token (not fed again), ``parents`` as in ``verify_tree``. Logits
+        ``[B, n, V]``: row 0 after the prompt, row i after node i's path. Follow with ``keep_tree_path``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot verify token trees")
+
     def keep_tree_path(self, path: list[int]) -> None:
-        """After ``verify_tree``: keep the root's and the nodes ``path``'s cache entries (in that order), drop the
+        """After ``verify_tree`` or ``prefill_with_tree``: keep the root's and the nodes ``path``'s cache entries (in that order), drop the
         rest, so the cache holds ``... root, path`` as if that chain alone had been verified."""
         raise NotImplementedError(f"{type(self).__name__} cannot verify token trees")
 
@@ -196,9 +204,32 @@ class _KVCacheVerifier(Verifier):
     def prefill_with_draft(self, request: VerifyRequest, draft_ids: torch.LongTensor) -> torch.Tensor:
         return self._prefill(request, draft_ids)  # [B, k+1, V]
 
+    def prefill_with_tree(self, request: VerifyRequest, token_ids: torch.LongTensor,
+                          parents: tuple[int, ...]) -> torch.Tensor:
+        from evcascade.decoding.tree import TokenTree
+
+        token_ids = _check_token_ids(token_ids, "token_ids", self.vocab_size, self.device)
+        TokenTree(token_ids[0], tuple(parents))  # checks the parents
+        logits = self._prefill(request, token_ids[:, 1:], tuple(parents))  # [B, n, V]
+        self._tree = (self._prompt_length - 1, tuple(parents))  # node 0 is the prompt's last position
+        return logits
+
     @abc.abstractmethod
-    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None) -> torch.Tensor:
-        """Start the request with ``draft_ids [B, k]`` (None: k = 0) after the prompt; logits ``[B, k+1, V]``."""
+    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None,
+                 parents: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Start the request with ``draft_ids [B, k]`` (None: k = 0) after the prompt, a chain or, with ``parents``,
+        the nodes 1..k of a tree rooted at the prompt's last token; logits ``[B, k+1, V]``."""
+
+    def _tree_inputs(self, num_chain: int, parents: tuple[int, ...] | None, past: int) -> dict[str, torch.Tensor]:
+        """The mask and positions of a prefill's tail (``num_chain`` prompt tokens, then the tree's nodes) after
+        ``past`` cached positions; none for a chain (the model's causal mask is that already)."""
+        from evcascade.decoding.tree import attention_mask, position_ids, tail_parents
+
+        if parents is None:
+            return {}
+        tail = tail_parents(num_chain, parents)
+        return {"attention_mask": attention_mask(tail, past, dtype=self.dtype, device=self.device),
+                "position_ids": position_ids(tail, past, self.device)}
 
     def _forward(self, cache, *, keep: int | None = None, **inputs) -> tuple[torch.Tensor, Any]:
         """One forward appending to ``cache`` (None starts one); float32 logits of the last ``keep`` positions
@@ -216,12 +247,14 @@ class _KVCacheVerifier(Verifier):
             return torch.zeros(1, 0, dtype=torch.long, device=self.device)
         return _check_token_ids(draft_ids, "draft_ids", self.vocab_size, self.device)
 
-    def _prefill_plain(self, prompt_ids: torch.LongTensor, draft_ids: torch.LongTensor) -> torch.Tensor:
-        """Prefill a text prompt (and draft ``[B, k]``) with one forward, nothing reused across requests; logits
-        ``[B, k+1, V]``."""
+    def _prefill_plain(self, prompt_ids: torch.LongTensor, draft_ids: torch.LongTensor,
+                       parents: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Prefill a text prompt (and a draft ``[B, k]``, chain or tree) with one forward, nothing reused across
+        requests; logits ``[B, k+1, V]``."""
         start = time.perf_counter()
         k = draft_ids.shape[1]
-        logits, self._cache = self._forward(None, keep=k + 1, input_ids=torch.cat([prompt_ids, draft_ids], dim=1))
+        logits, self._cache = self._forward(None, keep=k + 1, input_ids=torch.cat([prompt_ids, draft_ids], dim=1),
+                                            **self._tree_inputs(prompt_ids.shape[1], parents, 0))
         _sync(self.device)
         self.timings["prefill"] += time.perf_counter() - start
         self._prompt_length = prompt_ids.shape[1]
@@ -324,14 +357,15 @@ class CausalLMVerifier(_KVCacheVerifier):
 
         return cls(_load(AutoModelForCausalLM, id_or_path, device, dtype, **kwargs))
 
-    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None) -> torch.Tensor:
+    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None,
+                 parents: tuple[int, ...] | None = None) -> torch.Tensor:
         self._begin()
         if request.pixel_values_videos is not None:
             raise InputError("CausalLMVerifier is text-only: pixel_values_videos must be None")
         prompt_ids = _check_token_ids(request.prompt_ids, "prompt_ids", self.vocab_size, self.device)
         draft_ids = self._check_draft(draft_ids)
         self._check_fits(prompt_ids.shape[1] + draft_ids.shape[1])
-        return self._prefill_plain(prompt_ids, draft_ids)  # [B, k+1, V]
+        return self._prefill_plain(prompt_ids, draft_ids, parents)  # [B, k+1, V]
 
 
 @dataclass
@@ -411,8 +445,10 @@ class VideoLlavaVerifier(_KVCacheVerifier):
             raise InputError(f"only batch size 1 is supported, pixel_values_videos has B={pixels.shape[0]}")
         return pixels.to(device=self.device, dtype=self.dtype)
 
-    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None) -> torch.Tensor:
-        """Both prefills: the clip's prefix from the caches, then prompt suffix + draft in one forward."""
+    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None,
+                 parents: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Every prefill: the clip's prefix from the caches, then prompt suffix + draft (chain or tree) in one
+        forward."""
         self._begin()
         prompt_ids = _check_token_ids(request.prompt_ids, "prompt_ids", self.vocab_size, self.device)
         draft_ids = self._check_draft(draft_ids)
@@ -425,7 +461,7 @@ class VideoLlavaVerifier(_KVCacheVerifier):
             if is_video.numel():
                 raise InputError(f"prompt_ids hold {is_video.numel()} <video> placeholders "
                                  "but pixel_values_videos is None")
-            return self._prefill_plain(prompt_ids, draft_ids)  # a text-only prompt: nothing to share across requests
+            return self._prefill_plain(prompt_ids, draft_ids, parents)  # a text-only prompt: nothing to share
 
         pixels = self._check_pixels(request.pixel_values_videos)
         expected = pixels.shape[1] * self.tokens_per_frame
@@ -463,7 +499,8 @@ class VideoLlavaVerifier(_KVCacheVerifier):
         if tail.shape[1]:
             # with a suffix its last row judges the draft's first token; without, the prefix's last logits do
             keep = k + 1 if suffix_ids.shape[1] else k
-            tail_logits, self._cache = self._forward(self._cache, keep=keep, input_ids=tail)  # [B, keep, V]
+            tail_logits, self._cache = self._forward(self._cache, keep=keep, input_ids=tail,  # [B, keep, V]
+                                                     **self._tree_inputs(suffix_ids.shape[1], parents, prefix_length))
             logits = tail_logits if suffix_ids.shape[1] else torch.cat([logits, tail_logits], dim=1)
         _sync(self.device)
         self.timings["prefill"] += time.perf_counter() - start

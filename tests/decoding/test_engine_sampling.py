@@ -57,6 +57,10 @@ class BigramVerifier(Verifier):
         self._tree = (len(self._ids), token_ids[0].tolist(), parents)
         return self.table[token_ids]  # [1, n, V]
 
+    def prefill_with_tree(self, request, token_ids, parents):
+        self._ids = request.prompt_ids[0].tolist()[:-1]  # node 0 is the prompt's last token
+        return self.verify_tree(token_ids, parents)
+
     def keep_tree_path(self, path):
         past, tokens, _ = self._tree
         self._ids += [tokens[0]] + [tokens[node] for node in path]

@@ -126,3 +126,44 @@ def test_tree_logits_equal_chain_logits_on_the_bundled_target():
     for implementation in ("eager", "sdpa"):  # a bigger model: fp32 rounding of the different shapes, ~1e-5
         check_tree_against_chains(lambda: VideoLlavaVerifier(model), VerifyRequest(prompt.target_ids, pixels),
                                   implementation, atol=2e-5)
+
+
+def test_tail_parents_and_forest_masks():
+    from evcascade.decoding.tree import tail_parents
+
+    assert tail_parents(2, [-1, 0, 1, 0]) == [-1, 0, 1, 2, 1] and tail_parents(0, [-1, 0, 1, 0]) == [-1, 0, -1]
+    forest = [-1, 0, -1]  # two roots hanging off the cache
+    assert ancestor_matrix(forest).int().tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert position_ids(forest, 4).tolist() == [[4, 5, 4]]
+
+
+def check_prefill_tree(make_verifier, request, prompt_last):
+    """A tree in the prefill's own forward: row 0 = the plain prefill's, row i = node i's chain; then keep a path."""
+    tree = build_tree(prompt_last, [[6, 7, 8], [6, 9], [10, 11]])
+    tree_verifier, chain_verifier = make_verifier(), make_verifier()
+    logits = tree_verifier.prefill_with_tree(request, tree.token_ids[None], tree.parents)  # [1, 7, V]
+    prompt_length = tree_verifier.cache_length - 6
+    for node, path in PATHS.items():
+        reference = chain_verifier.prefill_with_draft(request, torch.tensor([path])) if path else \
+            chain_verifier.prefill(request)[:, None]
+        torch.testing.assert_close(logits[0, node], reference[0, -1], atol=2e-5, rtol=0)
+    tree_verifier.keep_tree_path([5, 6])
+    assert tree_verifier.cache_length == prompt_length + 2
+    chain_verifier.prefill_with_draft(request, torch.tensor([[10, 11]]))
+    torch.testing.assert_close(tree_verifier.verify(torch.tensor([[3]])), chain_verifier.verify(torch.tensor([[3]])),
+                               atol=2e-5, rtol=0)
+
+
+def test_tree_in_the_prefill(llama):
+    prompt = torch.tensor([[1, 4, 7, 2]])
+    check_prefill_tree(lambda: CausalLMVerifier(llama), VerifyRequest(prompt), 2)
+    tok = tiny_tokenizer()
+    model = tiny_video_llava(tok, seed=0)
+    prompter = VideoLlavaPrompter(tok, model.config)
+    pixels = torch.randn(1, 8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with_suffix = prompter("what colour is the object ?").target_ids
+    check_prefill_tree(lambda: VideoLlavaVerifier(model), VerifyRequest(with_suffix, pixels), int(with_suffix[0, -1]))
+    # a prompt that ends at the video: the tree's first level hangs off the cached prefix
+    video_id = model.config.video_token_id
+    at_video = with_suffix[:, : int((with_suffix[0] == video_id).nonzero().max()) + 1]
+    check_prefill_tree(lambda: VideoLlavaVerifier(model), VerifyRequest(at_video, pixels), video_id)
