@@ -18,6 +18,9 @@ seeded sampling (``--sample-seeds`` seeds per question, ``--temperature``)
     chain / tree cascade (coupled), and the all-branches tree
     chain cascade (speculative)  standard speculative sampling (its answers follow the same distribution, but are
                                  not the target-alone answer for the seed)
+static k (both groups): the fixed cascade (L2 reviewing L1 reviewing the n-gram, ``--draft-k`` per block) as a
+    chain and as a tree with every candidate branch: the adaptive policy's tau moves run to run with timings (a
+    flat optimum on CPU), so trees' tau is compared on the static plan
 
 Per row: answers, tokens, tokens/s (answer tokens / wall seconds, summed), speedup over the row group's target
 row, tau (tokens per target forward), target forwards, draft acceptance (accepted / drafted chain tokens), tree
@@ -64,6 +67,9 @@ class SizeLog(Verifier):
 
     def prefill_with_draft(self, request, draft_ids):
         return self.inner.prefill_with_draft(request, draft_ids)
+
+    def prefill_with_tree(self, request, token_ids, parents):
+        return self.inner.prefill_with_tree(request, token_ids, parents)
 
     def verify(self, token_ids):
         self.sizes.append(int(token_ids.shape[1]))
@@ -178,6 +184,8 @@ def run_benchmark(model: str, *, scenes: int, seed: int, kinds: tuple[str, ...],
         Row("chain cascade", "greedy", "target (no drafter)", True, dict(trees=False)),
         Row("tree cascade", "greedy", "target (no drafter)", True, dict(trees=True)),
         Row("tree cascade (all branches)", "greedy", "target (no drafter)", True, dict(trees=True), all_branches=True),
+        Row("chain cascade (static k)", "greedy", "target (no drafter)", True, dict(trees=False, adaptive=False)),
+        Row("tree cascade (static k)", "greedy", "target (no drafter)", True, dict(trees=True, adaptive=False)),
     ]
     if sample_seeds:
         rows += [
@@ -188,6 +196,12 @@ def run_benchmark(model: str, *, scenes: int, seed: int, kinds: tuple[str, ...],
                 dict(trees=True, **sampled), all_branches=True),
             Row("chain cascade (speculative)", "sampling", "target (coupled)", True,
                 dict(sampling="speculative", **sampled)),
+            Row("chain cascade (coupled, static k)", "sampling", "target (coupled)", True,
+                dict(trees=False, adaptive=False, **sampled)),
+            Row("tree cascade (coupled, static k)", "sampling", "target (coupled)", True,
+                dict(trees=True, adaptive=False, **sampled)),
+            Row("chain cascade (speculative, static k)", "sampling", "target (coupled)", True,
+                dict(sampling="speculative", adaptive=False, **sampled)),
         ]
     base = {**cascade.generation_defaults, "max_new_tokens": max_new_tokens, "draft_k": draft_k}
     for row in rows:

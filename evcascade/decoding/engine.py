@@ -44,7 +44,7 @@ from evcascade.decoding.acceptance import AcceptanceRule, accept, coupled_accept
 from evcascade.decoding.coupling import PositionNoise, coupled_choice
 from evcascade.decoding.drafters import Draft, DraftContext, Drafter, check_vocabulary
 from evcascade.decoding.lossy import NEEDS_DRAFT_PROBS, check_rule, make_rule
-from evcascade.decoding.policy import AdaptivePolicy, Branch, DraftPlan, DraftSegment, static_plan
+from evcascade.decoding.policy import AdaptivePolicy, Branch, DraftPlan, DraftSegment, branch_gains, static_plan
 from evcascade.decoding.sampling import SamplingParams, probabilities
 from evcascade.decoding.tree import TokenTree, accept_path, build_tree
 from evcascade.decoding.stats import DecodeStats
@@ -103,9 +103,10 @@ class GenerationOptions:
     its answer depends on how many draws the (timing-driven) plan used. Both sample ``generate``'s distribution;
     neither reproduces ``generate``'s own sample for a seed (that one draws from torch's global generator)."""
     trees: bool = True
-    """Let the adaptive policy verify token trees (the chain plus branches that pay: drafters' second choices,
-    a lower level's rejected drafts) in one forward where the verifier supports it; greedy and coupled only.
-    False: one chain per step."""
+    """Verify token trees (the chain plus branches: drafters' second choices where unsure, a lower level's
+    rejected drafts) in one forward where the verifier supports it; greedy and coupled only. The adaptive policy
+    adds a branch only where its measured costs say it pays; the static cascade adds every candidate (up to
+    ``AdaptivePolicy.max_branch_nodes``). False: one chain per step."""
     draft_in_prefill: bool = True
     """Draft the first block before the target's prefill and judge it in the prefill's own forward (verifiers
     with ``drafts_in_prefill``): one target forward less per answer, which for short answers is a large share
@@ -178,6 +179,9 @@ class _Request:
     lossless rule. Then the accepted path is found by ``accept_path`` and token trees are allowed."""
     trees: bool = False
     """Branches may join a step's chain (exact, ``GenerationOptions.trees`` and a verifier with trees)."""
+    adaptive: bool = True
+    """The policy chooses the tree's shape; False (the static cascade): every candidate branch node joins, up
+    to the policy's ``max_branch_nodes``."""
     rule: AcceptanceRule = accept
     """The rule of a non-exact request (speculative sampling, or an opt-in lossy rule): chains only."""
     keep_draft_probs: bool = False
@@ -292,9 +296,10 @@ class CascadeDecoder:
         stats.acceptance = "lossless" if rule is accept else getattr(rule, "__name__", options.acceptance)
         stats.sampling = "greedy" if not params.do_sample else ("coupled" if exact else "speculative")
         stats.seed = seed if params.do_sample else None
-        trees = exact and options.trees and options.adaptive and self.verifier.supports_trees and bool(self.levels)
+        trees = exact and options.trees and self.verifier.supports_trees and bool(self.levels)
         noise = PositionNoise(seed, self.verifier.vocab_size) if exact and params.do_sample else None
-        return _Request(params, generator, stats, noise=noise, exact=exact, trees=trees, rule=rule,
+        return _Request(params, generator, stats, noise=noise, exact=exact, trees=trees, adaptive=options.adaptive,
+                        rule=rule,
                         keep_draft_probs=options.acceptance in NEEDS_DRAFT_PROBS or trees)
 
     def _plan(self, options: GenerationOptions, room: int) -> DraftPlan:
@@ -416,7 +421,11 @@ class CascadeDecoder:
                 branches.append(Branch(shared + 1, len(path) - shared, source.split(":")[0]))
                 paths.append((path, source))
         chain_levels = [segment.level for segment in req.segments for _ in range(segment.proposed)]
-        chosen = self.policy.tree_nodes(chain_levels, branches)
+        if req.adaptive:
+            chosen = self.policy.tree_nodes(chain_levels, branches)
+        else:  # the static cascade's tree: every candidate, best first, as many as the policy allows
+            gains = branch_gains([1.0] * len(chain_levels), branches, {b.kind: 0.5 for b in branches})
+            chosen = sorted((i, j) for _, i, j in gains[: self.policy.max_branch_nodes])
         depth_of: dict[int, int] = {}
         for index, j in chosen:
             depth_of[index] = max(depth_of.get(index, -1), j)
