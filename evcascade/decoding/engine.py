@@ -452,7 +452,9 @@ class CascadeDecoder:
         for i, (first, second) in enumerate(top2):
             other = second if first == ids[i] else first
             if float(probs[i].max()) < 0.9 and bool(probs[i, other] > 0) and other != ids[i]:
-                out.append((ids[:i] + [other], f"alt:{names[i]}"))
+                # the chain's own tail continues the substitution: a drafter's slip is often one word (a colour,
+                # a direction) with the rest of the answer right after it
+                out.append((ids[:i] + [other] + ids[i + 1:], f"alt:{names[i]}"))
         return out
 
     def _chain_sources(self, req: _Request, chain: Draft) -> list[str]:
