@@ -102,11 +102,12 @@ class GenerationOptions:
     drafts may form token trees. "speculative": standard speculative sampling (Leviathan et al.), chains only;
     its answer depends on how many draws the (timing-driven) plan used. Both sample ``generate``'s distribution;
     neither reproduces ``generate``'s own sample for a seed (that one draws from torch's global generator)."""
-    trees: bool = True
+    trees: bool | None = None
     """Verify token trees (the chain plus branches: drafters' second choices where unsure, a lower level's
-    rejected drafts) in one forward where the verifier supports it; greedy and coupled only. The adaptive policy
-    adds a branch only where its measured costs say it pays; the static cascade adds every candidate (up to
-    ``AdaptivePolicy.max_branch_nodes``). False: one chain per step."""
+    rejected drafts) in one forward where the verifier supports it; greedy and coupled only. None (default):
+    the adaptive policy adds a branch where its measured costs say it pays, the static cascade stays a chain.
+    True: also the static cascade, with every candidate branch (up to ``AdaptivePolicy.max_branch_nodes``).
+    False: one chain per step."""
     draft_in_prefill: bool = True
     """Draft the first block before the target's prefill and judge it in the prefill's own forward (verifiers
     with ``drafts_in_prefill``): one target forward less per answer, which for short answers is a large share
@@ -134,6 +135,8 @@ class GenerationOptions:
                 raise InputError(f"eos_token_ids must be ints >= 0, got {self.eos_token_ids!r}")
             object.__setattr__(self, "eos_token_ids", eos)
         self.sampling_params()  # temperature / top_k / top_p checks
+        if self.trees not in (None, True, False):
+            raise InputError(f"trees must be None, True or False, got {self.trees!r}")
         if self.sampling not in SAMPLING_MODES:
             raise InputError(f"sampling must be one of {list(SAMPLING_MODES)}, got {self.sampling!r}")
         check_rule(self.acceptance, self.lenience)
@@ -296,7 +299,8 @@ class CascadeDecoder:
         stats.acceptance = "lossless" if rule is accept else getattr(rule, "__name__", options.acceptance)
         stats.sampling = "greedy" if not params.do_sample else ("coupled" if exact else "speculative")
         stats.seed = seed if params.do_sample else None
-        trees = exact and options.trees and self.verifier.supports_trees and bool(self.levels)
+        wants_trees = options.trees if options.trees is not None else options.adaptive
+        trees = exact and wants_trees and self.verifier.supports_trees and bool(self.levels)
         noise = PositionNoise(seed, self.verifier.vocab_size) if exact and params.do_sample else None
         return _Request(params, generator, stats, noise=noise, exact=exact, trees=trees, adaptive=options.adaptive,
                         rule=rule,
@@ -395,6 +399,14 @@ class CascadeDecoder:
             req.stats.tree_steps += 1
             req.stats.branch_nodes += tree.num_nodes - chain_length - 1
             req.stats.branch_accepted += len(kept_branch)
+            # a branch node is its level's draft at its block position: every answer token is then either an
+            # accepted draft of some level or the target's own, as with chains
+            index_of = {level.name: i for i, level in enumerate(self.levels)}
+            depths = tree.depths()
+            for node in range(chain_length + 1, tree.num_nodes):
+                level = index_of.get(tree.sources[node].split(":")[-1])
+                if level is not None:
+                    req.stats.levels[level].record(depths[node] - 1, 1, int(node in on_path))
         sources = [tree.sources[node].split(":")[-1] for node in path] + ["target"]
         return new_ids, sources
 

@@ -79,7 +79,8 @@ class DecodeStats:
     tree_steps: int = 0
     """Verifies whose block was a branching token tree (the rest verified a chain)."""
     branch_nodes: int = 0
-    """Draft nodes off the main chain verified in those steps (top-2 alternatives, other levels' chains)."""
+    """Draft nodes off the main chain verified in those steps (second choices, a lower level's rejected drafts);
+    each is also counted in its level's drafted/accepted by position."""
     branch_accepted: int = 0
     """Answer tokens that came from such branches (tokens the chain alone would have lost)."""
 

@@ -123,7 +123,7 @@ def test_cascade_equals_target_only_for_every_seed(target, setting):
                 levels = make_levels()
                 adaptive = policy is not None
                 decoder = CascadeDecoder(CausalLMVerifier(target), levels, policy=policy)
-                run = GenerationOptions(**{**options.__dict__, "adaptive": adaptive, "draft_k": 4})
+                run = GenerationOptions(**{**options.__dict__, "adaptive": adaptive, "draft_k": 4, "trees": True})
                 result = decoder.generate(VerifyRequest(PROMPT), DraftContext(PROMPT), run)
                 assert result.token_ids[0].tolist() == reference, (setting, seed, name, type(policy).__name__)
                 trees += result.stats.tree_steps
