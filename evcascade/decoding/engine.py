@@ -79,7 +79,8 @@ class GenerationOptions:
     top_p: float = 1.0
     """Sampling nucleus mass in (0, 1]; 1.0 keeps all ids."""
     seed: int | None = None
-    """Seed of the request's random generator (sampling only); None draws a fresh one."""
+    """Sampling's seed: it keys the coupled noise of every answer position (and seeds the generator speculative
+    sampling draws from); None draws one, reported in ``stats.seed`` so that passing it back replays the answer."""
     stop_strings: tuple[str, ...] = ()
     """Strings that end the answer once generated (needs ``tokenizer``); the completing token is kept."""
     eos_token_ids: tuple[int, ...] | None = None

@@ -13,6 +13,11 @@ Two implementations:
   prefix, both in bounded LRU caches. A second question on a clip pays neither the vision tower nor the
   ~2000-token visual prefill, only its own question tokens.
 
+Token trees (``decoding/tree.py``): ``verify_tree`` and ``prefill_with_tree`` score a trie of drafts in one
+forward with a float additive 4-D mask (``[1, 1, n, past + n]``: every cached position, the visual prefix
+included, and the node's ancestors) and depth-based ``position_ids``; ``keep_tree_path`` then gathers the
+accepted path's keys/values into place, so the cache reads as if that chain alone had been verified.
+
 Logits are returned as float32 (as ``generate`` does), whatever the model's dtype.
 """
 
