@@ -326,7 +326,7 @@ class CascadeDecoder:
             target_logits = self.verifier.verify(tree.token_ids[None])  # [B, n, V], row i judges node i + 1
         else:
             target_logits = self.verifier.verify_tree(tree.token_ids[None], tree.parents)  # [B, n, V]
-        self.policy.observe_verify(tree.num_nodes, time.perf_counter() - started)
+        self.policy.observe_verify(tree.num_nodes, time.perf_counter() - started, tree=not tree.is_chain)
         req.stats.target_forwards += 1
         req.stats.steps += 1
         # accept: the longest path whose every token is the target's own choice, and the target's token after it

@@ -244,6 +244,8 @@ class AdaptivePolicy:
         self._draft_cost = [LinearCost(self.decay) for _ in range(count)]
         self._review_cost = [LinearCost(self.decay) for _ in range(count)]
         self._verify_cost = LinearCost(self.decay)
+        # a tree's forward (4-D mask, more nodes) is priced apart, so trees never distort the chains' cost curve
+        self._tree_verify_cost = LinearCost(self.decay)
         self._idle_steps = [0] * count
         self._plans = {}
         self._positions: dict[tuple[int, int], RunningRate] = {}  # (level, block position) -> acceptance
@@ -257,8 +259,9 @@ class AdaptivePolicy:
 
     # -- observations ----------------------------------------------------------------------------------------
 
-    def observe_verify(self, num_tokens: int, seconds: float) -> None:
-        self._verify_cost.update(num_tokens, seconds)
+    def observe_verify(self, num_tokens: int, seconds: float, *, tree: bool = False) -> None:
+        """A target forward over ``num_tokens`` positions (``tree``: a token tree's, with its mask) took ``seconds``."""
+        (self._tree_verify_cost if tree else self._verify_cost).update(num_tokens, seconds)
 
     def observe_draft(self, level: int, num_tokens: int, seconds: float) -> None:
         """A ``propose`` call asked for ``num_tokens`` took ``seconds``."""
@@ -307,6 +310,12 @@ class AdaptivePolicy:
 
     def verify_seconds(self, num_tokens: int) -> float:
         return self._verify_cost.predict(num_tokens) if self._verify_cost.observed else 1.0
+
+    def tree_verify_seconds(self, num_nodes: int) -> float:
+        """A tree forward's time: measured per size once trees ran, the chain's curve until then."""
+        if self._tree_verify_cost.observed:
+            return self._tree_verify_cost.predict(num_nodes)
+        return self.verify_seconds(num_nodes)
 
     def draft_seconds(self, level: int, num_tokens: int) -> float:
         cost = self._draft_cost[level]
@@ -383,7 +392,7 @@ class AdaptivePolicy:
         extra = 0.0
         for count, (gain, _, _) in enumerate(gains, start=1):
             extra += gain
-            rate = (chain_tokens + extra) / (self.verify_seconds(base + count) + drafting_seconds)
+            rate = (chain_tokens + extra) / (self.tree_verify_seconds(base + count) + drafting_seconds)
             if rate > best_rate:
                 best_count, best_rate = count, rate
         return sorted((index, j) for _, index, j in gains[:best_count])
