@@ -34,6 +34,10 @@ _EXPORTS: dict[str, str] = {
     "GenerationOptions": "evcascade.decoding.engine",
     "DecodeResult": "evcascade.decoding.engine",
     "DecodeStats": "evcascade.decoding.stats",
+    "PositionNoise": "evcascade.decoding.coupling",
+    "coupled_choice": "evcascade.decoding.coupling",
+    "TokenTree": "evcascade.decoding.tree",
+    "build_tree": "evcascade.decoding.tree",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -47,9 +51,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from evcascade.decoding.coupling import PositionNoise, coupled_choice
     from evcascade.decoding.drafters import Draft, DraftContext, Drafter, ModelDrafter, NGramDrafter
     from evcascade.decoding.engine import CascadeDecoder, DecodeResult, GenerationOptions
     from evcascade.decoding.feature_cache import LRUCache, content_key
     from evcascade.decoding.prompting import Prompt, VideoLlavaPrompter, check_prompt_fits
     from evcascade.decoding.stats import DecodeStats
+    from evcascade.decoding.tree import TokenTree, build_tree
     from evcascade.decoding.verifier import CausalLMVerifier, VerifyRequest, Verifier, VideoLlavaVerifier

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import torch
 
+from evcascade.decoding.coupling import perturbed_scores
 from evcascade.decoding.sampling import SamplingParams, probabilities, sample
 
 
@@ -96,6 +97,20 @@ def accept(draft_ids: torch.LongTensor, draft_probs: torch.Tensor | None, review
     if not params.do_sample:
         return greedy_accept(draft_ids, reviewer_logits)
     return speculative_accept(draft_ids, draft_probs, probabilities(reviewer_logits, params), generator)
+
+
+def coupled_accept(draft_ids: torch.LongTensor, reviewer_logits: torch.Tensor, params: SamplingParams,
+                   noise: torch.Tensor | None) -> AcceptResult:
+    """Coupled sampling (``decoding/coupling.py``): keep the longest prefix of ``draft_ids [B, k]`` equal to the
+    reviewer's coupled choices ``argmax(warp(logits) + noise)`` (``noise [k+1, V]``, the rows' answer positions);
+    append the choice after it. Greedy when ``params`` is greedy or ``noise`` is None.
+
+    >>> logits = torch.zeros(1, 2, 3)
+    >>> noise = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]])  # the noise decides: 1, then 0
+    >>> coupled_accept(torch.tensor([[1]]), logits, SamplingParams(do_sample=True), noise)
+    AcceptResult(num_accepted=tensor([1]), next_token=tensor([0]))
+    """
+    return greedy_accept(draft_ids, perturbed_scores(reviewer_logits, params, noise))
 
 
 def _check_shapes(draft_ids: torch.Tensor, target: torch.Tensor) -> None:

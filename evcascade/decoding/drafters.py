@@ -27,6 +27,7 @@ from evcascade.decoding.sampling import GREEDY, SamplingParams
 from evcascade.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from evcascade.decoding.coupling import PositionNoise
     from evcascade.decoding.model_drafter import ModelDrafter
     from evcascade.decoding.ngram import NGramDrafter
     from evcascade.events.container import Events
@@ -56,6 +57,10 @@ class DraftContext:
     video: "Video | None" = None
     extras: dict = field(default_factory=dict)
     """Anything else a ``prefix_fn`` needs (e.g. precomputed draft visual features)."""
+    noise: "PositionNoise | None" = None
+    """Set by the engine under coupled sampling: the request's per-position Gumbel noise (``decoding/coupling.py``).
+    A sampling drafter that draws its token at answer position p as ``coupled_choice(logits, sampling, noise(p))``
+    proposes the target's own token whenever the two perturbed argmaxes agree."""
 
 
 @dataclass

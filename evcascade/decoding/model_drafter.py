@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from evcascade.decoding.coupling import coupled_choice
 from evcascade.decoding.drafters import Draft, DraftContext, Drafter
 from evcascade.decoding.sampling import GREEDY, SamplingParams, probabilities, sample
 from evcascade.errors import InputError
@@ -47,7 +48,7 @@ class ModelDrafter(Drafter):
         if vocab_size is not None and not 0 < vocab_size <= logits_width:
             raise InputError(f"vocab_size must be in [1, {logits_width}] (the drafter's logits), got {vocab_size!r}")
         self.vocab_size = int(vocab_size or logits_width)
-        self._sampling, self._generator = GREEDY, None
+        self._sampling, self._generator, self._noise = GREEDY, None, None
         self._prompt: torch.LongTensor | None = None  # [B, L]
         self._prefix: torch.Tensor | None = None  # [B, Np, D]
         self._unprepared: DraftContext | None = None  # the request whose prefix and prefill are still to do
@@ -62,6 +63,7 @@ class ModelDrafter(Drafter):
     def begin(self, context: DraftContext, *, sampling: SamplingParams = GREEDY,
               generator: torch.Generator | None = None) -> None:
         self._sampling, self._generator = sampling, generator
+        self._noise = context.noise if sampling.do_sample else None  # coupled sampling: the target's own noise
         self._prompt = context.prompt_ids.to(self.device, torch.long)
         self._cache, self._ids, self._proposal_start, self._prefix = None, None, 0, None
         self._unprepared = context  # the visual prefix and the prefill wait for prepare(): unused, they cost nothing
@@ -85,12 +87,21 @@ class ModelDrafter(Drafter):
         ids, dists = [], []
         for i in range(k):
             dist = probabilities(logits, self._sampling)  # [B, V]
-            token = sample(dist, self._generator) if self._sampling.do_sample else logits.argmax(dim=-1)  # [B]
+            token = self._choose(logits, dist, generated.shape[1] + i)  # [B]
             ids.append(token)
             dists.append(dist)
             if i < k - 1:
                 logits = self._feed(token[:, None])[:, -1]
         return Draft(torch.stack(ids, dim=1), torch.stack(dists, dim=1))  # [B, k], [B, k, V]
+
+    def _choose(self, logits: torch.Tensor, dist: torch.Tensor, position: int) -> torch.LongTensor:
+        """The drafted token ``[B]`` at answer ``position``: greedy argmax, the coupled choice with the target's
+        noise there, or a draw from ``dist`` (standard speculative sampling)."""
+        if not self._sampling.do_sample:
+            return logits.argmax(dim=-1)
+        if self._noise is not None:
+            return coupled_choice(logits, self._sampling, self._noise(position))
+        return sample(dist, self._generator)
 
     def review(self, generated: torch.LongTensor, candidate_ids: torch.LongTensor) -> torch.Tensor:
         self.prepare()

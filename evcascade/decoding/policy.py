@@ -26,6 +26,14 @@ does not pay for itself is left out. The first block, judged by the prefill itse
 by the decode time it saves instead: there its length costs drafting time only. Acceptances are exponential moving averages of successes / trials; a
 level left out for ``explore_every`` steps is tried once with the longest draft allowed, so its acceptance
 estimate can recover and the verify-cost fit sees the whole range of lengths.
+
+Token trees (``decoding/tree.py``). Once a step's chain is drafted, free or cheap branches may join it: top-2
+alternatives where a drafter was unsure, a lower level's drafts that the level above it rejected, a cheap
+level's own chain. A branch node n is on the accepted path with probability ``P(parent reached) * r_kind``,
+where P(parent reached) is the product of the chain's measured per-position acceptances above it and ``r_kind``
+the measured rate at which that kind of node is accepted once its parent is reached. ``tree_nodes`` adds branch
+nodes in order of that gain while ``E[tokens] / (T_v(1 + k + m) + drafting)`` grows, T_v the measured verify
+cost per size: where the curve is steep (a CPU) a chain stays the best tree, where it is flat (a GPU) trees grow.
 """
 
 from __future__ import annotations
@@ -163,6 +171,36 @@ class LinearCost:
         return intercept + slope * n
 
 
+@dataclass(frozen=True)
+class Branch:
+    """Candidate tree nodes off a step's chain: ``num_tokens`` tokens whose first is a sibling of chain position
+    ``depth`` (1-based: depth 1 branches at the root), proposed by a ``kind`` of source ("alt", "spare", "chain")."""
+
+    depth: int
+    num_tokens: int
+    kind: str
+
+
+def branch_gains(chain_acceptances: Sequence[float], branches: Sequence[Branch],
+                 rates: dict[str, float]) -> list[tuple[float, int, int]]:
+    """Per candidate branch node, ``(expected extra tokens, branch index, node index in the branch)``, best first:
+    a node j of a branch at depth d gains ``prod_{i<d} a_i * r^(j+1)`` (its parent reached, it and the nodes
+    before it in the branch accepted).
+
+    >>> branch_gains([0.5, 0.5], [Branch(2, 2, "alt")], {"alt": 0.4})
+    [(0.2, 0, 0), (0.08000000000000002, 0, 1)]
+    """
+    gains = []
+    for index, branch in enumerate(branches):
+        reach = 1.0
+        for acceptance in chain_acceptances[: branch.depth - 1]:
+            reach *= acceptance
+        rate = rates.get(branch.kind, 0.0)
+        for j in range(branch.num_tokens):
+            gains.append((reach * rate ** (j + 1), index, j))
+    return sorted(gains, key=lambda gain: (-gain[0], gain[1], gain[2]))
+
+
 class AdaptivePolicy:
     """Chooses each step's ``DraftPlan`` from online acceptance and cost estimates (see the module docstring).
 
@@ -181,12 +219,14 @@ class AdaptivePolicy:
 
     def __init__(self, *, decay: float = 0.9, prior_acceptance: float = 0.5, prior_weight: float = 2.0,
                  prior_cost_ratio: float = 0.1, explore_every: int = 32, replan_every: int = 4,
-                 horizontal: bool = True, vertical: bool = True) -> None:
+                 horizontal: bool = True, vertical: bool = True, prior_branch_rate: float = 0.25,
+                 max_branch_nodes: int = 8) -> None:
         self.decay, self.prior_acceptance, self.prior_weight = decay, prior_acceptance, prior_weight
         self.prior_cost_ratio, self.explore_every = prior_cost_ratio, explore_every
         # the search costs ~1 ms in Python: reuse its answer for a few steps (estimates move slowly anyway)
         self.replan_every, self._plans, self._plan_calls = replan_every, {}, 0
         self.horizontal, self.vertical = horizontal, vertical
+        self.prior_branch_rate, self.max_branch_nodes = prior_branch_rate, max_branch_nodes
         self.bind([])
 
     def bind(self, can_review: Sequence[bool], priors: Sequence[float | None] | None = None) -> None:
@@ -204,8 +244,13 @@ class AdaptivePolicy:
         self._draft_cost = [LinearCost(self.decay) for _ in range(count)]
         self._review_cost = [LinearCost(self.decay) for _ in range(count)]
         self._verify_cost = LinearCost(self.decay)
+        # a tree's forward (4-D mask, more nodes) is priced apart, so trees never distort the chains' cost curve
+        self._tree_verify_cost = LinearCost(self.decay)
         self._idle_steps = [0] * count
         self._plans = {}
+        self._positions: dict[tuple[int, int], RunningRate] = {}  # (level, block position) -> acceptance
+        self._branch: dict[str, RunningRate] = {}  # branch kind -> acceptance once its parent is reached
+        self._tree_steps = 0
 
     def _rate(self, prior: float | None = None) -> RunningRate:
         if prior is not None and not 0.0 <= float(prior) <= 1.0:
@@ -214,8 +259,9 @@ class AdaptivePolicy:
 
     # -- observations ----------------------------------------------------------------------------------------
 
-    def observe_verify(self, num_tokens: int, seconds: float) -> None:
-        self._verify_cost.update(num_tokens, seconds)
+    def observe_verify(self, num_tokens: int, seconds: float, *, tree: bool = False) -> None:
+        """A target forward over ``num_tokens`` positions (``tree``: a token tree's, with its mask) took ``seconds``."""
+        (self._tree_verify_cost if tree else self._verify_cost).update(num_tokens, seconds)
 
     def observe_draft(self, level: int, num_tokens: int, seconds: float) -> None:
         """A ``propose`` call asked for ``num_tokens`` took ``seconds``."""
@@ -232,10 +278,30 @@ class AdaptivePolicy:
     def observe_inner(self, helper: int, reviewer: int, successes: int, trials: int) -> None:
         self._inner[(helper, reviewer)].update(successes, trials)
 
+    def observe_positions(self, level: int, start: int, proposed: int, kept: int) -> None:
+        """The level drafted block positions ``start .. start + proposed - 1``; the first ``kept`` were accepted and
+        the target judged position ``start + kept`` (a rejection) when ``kept < proposed``."""
+        for position in range(start, start + min(proposed, kept + 1)):
+            rate = self._positions.setdefault((level, position), self._rate(self.acceptance(level)))
+            rate.update(int(position < start + kept), 1)
+
+    def observe_branch(self, kind: str, successes: int, trials: int) -> None:
+        """Of ``trials`` branch nodes of ``kind`` whose parent was on the accepted path, ``successes`` were kept."""
+        self._branch.setdefault(kind, self._rate(self.prior_branch_rate)).update(successes, trials)
+
     # -- estimates -------------------------------------------------------------------------------------------
 
     def acceptance(self, level: int) -> float:
         return self._acceptance[level].value
+
+    def position_acceptance(self, level: int, position: int) -> float:
+        """The level's measured acceptance at a block position (its overall one until observed there)."""
+        rate = self._positions.get((level, position))
+        return rate.value if rate is not None and rate.observed else self.acceptance(level)
+
+    def branch_rate(self, kind: str) -> float:
+        rate = self._branch.get(kind)
+        return rate.value if rate is not None else self.prior_branch_rate
 
     def inner_acceptance(self, helper: int, reviewer: int) -> float:
         """The helper's acceptance by the reviewer; its acceptance by the target until it has been observed."""
@@ -244,6 +310,12 @@ class AdaptivePolicy:
 
     def verify_seconds(self, num_tokens: int) -> float:
         return self._verify_cost.predict(num_tokens) if self._verify_cost.observed else 1.0
+
+    def tree_verify_seconds(self, num_nodes: int) -> float:
+        """A tree forward's time: measured per size once trees ran, the chain's curve until then."""
+        if self._tree_verify_cost.observed:
+            return self._tree_verify_cost.predict(num_nodes)
+        return self.verify_seconds(num_nodes)
 
     def draft_seconds(self, level: int, num_tokens: int) -> float:
         cost = self._draft_cost[level]
@@ -297,6 +369,33 @@ class AdaptivePolicy:
         for level in chosen.levels():
             self._idle_steps[level] = 0
         return chosen
+
+    def tree_nodes(self, chain_levels: Sequence[int], branches: Sequence[Branch],
+                   drafting_seconds: float = 0.0) -> list[tuple[int, int]]:
+        """Which candidate branch nodes join a step's chain (drafted by ``chain_levels``, one level per position):
+        ``(branch index, node index)`` pairs, ancestors first; empty when the chain alone is the best tree.
+
+        Every ``explore_every`` tree decisions all candidates (up to ``max_branch_nodes``) join once, so the
+        branch rates and the verify cost of larger trees keep being measured.
+        """
+        if not branches or self.max_branch_nodes <= 0:
+            return []
+        chain = [self.position_acceptance(level, position) for position, level in enumerate(chain_levels)]
+        rates = {branch.kind: self.branch_rate(branch.kind) for branch in branches}
+        gains = branch_gains(chain, branches, rates)[: self.max_branch_nodes]
+        self._tree_steps += 1
+        if self._tree_steps % max(1, self.explore_every) == 0:
+            return sorted((index, j) for _, index, j in gains)
+        chain_tokens = expected_tokens(chain)
+        base = 1 + len(chain)
+        best_count, best_rate = 0, chain_tokens / (self.verify_seconds(base) + drafting_seconds)
+        extra = 0.0
+        for count, (gain, _, _) in enumerate(gains, start=1):
+            extra += gain
+            rate = (chain_tokens + extra) / (self.tree_verify_seconds(base + count) + drafting_seconds)
+            if rate > best_rate:
+                best_count, best_rate = count, rate
+        return sorted((index, j) for _, index, j in gains[:best_count])
 
     def plan_prefill(self, max_tokens: int) -> DraftPlan:
         """The best first block, judged by the prefill's own forward (``draft_in_prefill``).

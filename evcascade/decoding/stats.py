@@ -72,6 +72,17 @@ class DecodeStats:
     """"eos", "stop_string", "max_new_tokens" or "context_full"."""
     acceptance: str = "lossless"
     """The final verification's rule, e.g. "lossless" or "token_v3(0.3)"."""
+    sampling: str = "greedy"
+    """How tokens were chosen: "greedy", "coupled" (Gumbel noise keyed by seed and position) or "speculative"."""
+    seed: int | None = None
+    """The request's seed (drawn when none was given) when sampling: passing it back replays the answer."""
+    tree_steps: int = 0
+    """Verifies whose block was a branching token tree (the rest verified a chain)."""
+    branch_nodes: int = 0
+    """Draft nodes off the main chain verified in those steps (second choices, a lower level's rejected drafts);
+    each is also counted in its level's drafted/accepted by position."""
+    branch_accepted: int = 0
+    """Answer tokens that came from such branches (tokens the chain alone would have lost)."""
 
     @classmethod
     def for_levels(cls, names: list[str]) -> "DecodeStats":
@@ -112,6 +123,9 @@ class DecodeStats:
             f"time ms: vision {self.vision_s * 1e3:.1f} | prefill {self.prefill_s * 1e3:.1f} | draft {self.draft_s * 1e3:.1f} | "
             f"verify {self.verify_s * 1e3:.1f} | overhead {self.overhead_s * 1e3:.1f}",
         ]
+        if self.tree_steps:
+            lines.append(f"token trees: {self.tree_steps} of {self.steps} steps, {self.branch_accepted} of "
+                         f"{self.branch_nodes} branch nodes accepted")
         if self.acceptance != "lossless":
             lines.append(f"acceptance: {self.acceptance} (opt-in lossy: the answer may differ from the target's own)")
         for level in self.levels:

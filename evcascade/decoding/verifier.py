@@ -13,6 +13,11 @@ Two implementations:
   prefix, both in bounded LRU caches. A second question on a clip pays neither the vision tower nor the
   ~2000-token visual prefill, only its own question tokens.
 
+Token trees (``decoding/tree.py``): ``verify_tree`` and ``prefill_with_tree`` score a trie of drafts in one
+forward with a float additive 4-D mask (``[1, 1, n, past + n]``: every cached position, the visual prefix
+included, and the node's ancestors) and depth-based ``position_ids``; ``keep_tree_path`` then gathers the
+accepted path's keys/values into place, so the cache reads as if that chain alone had been verified.
+
 Logits are returned as float32 (as ``generate`` does), whatever the model's dtype.
 """
 
@@ -93,6 +98,28 @@ class Verifier(abc.ABC):
     @abc.abstractmethod
     def cache_length(self) -> int:
         """Positions in the KV cache: the prompt plus every verified token not rolled back."""
+
+    supports_trees: bool = False
+    """True when ``verify_tree``, ``prefill_with_tree`` and ``keep_tree_path`` work (else the engine verifies
+    chains only)."""
+
+    def verify_tree(self, token_ids: torch.LongTensor, parents: tuple[int, ...]) -> torch.Tensor:
+        """Append a token tree (``decoding/tree.py``) ``token_ids [B, n]`` whose node i has parent ``parents[i]``
+        (``parents[0] == -1``) in one forward with a tree attention mask and depth-based positions; logits
+        ``[B, n, V]``, row i the distribution after the path root -> i. Follow with ``keep_tree_path``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot verify token trees")
+
+    def prefill_with_tree(self, request: VerifyRequest, token_ids: torch.LongTensor,
+                          parents: tuple[int, ...]) -> torch.Tensor:
+        """Start a request with a draft tree after the prompt in the prefill's own forward: ``token_ids [B, n]``
+        with node 0 the prompt's last token (not fed again), ``parents`` as in ``verify_tree``. Logits
+        ``[B, n, V]``: row 0 after the prompt, row i after node i's path. Follow with ``keep_tree_path``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot verify token trees")
+
+    def keep_tree_path(self, path: list[int]) -> None:
+        """After ``verify_tree`` or ``prefill_with_tree``: keep the root's and the nodes ``path``'s cache entries (in that order), drop the
+        rest, so the cache holds ``... root, path`` as if that chain alone had been verified."""
+        raise NotImplementedError(f"{type(self).__name__} cannot verify token trees")
 
 
 def _sync(device: torch.device) -> None:
@@ -182,9 +209,32 @@ class _KVCacheVerifier(Verifier):
     def prefill_with_draft(self, request: VerifyRequest, draft_ids: torch.LongTensor) -> torch.Tensor:
         return self._prefill(request, draft_ids)  # [B, k+1, V]
 
+    def prefill_with_tree(self, request: VerifyRequest, token_ids: torch.LongTensor,
+                          parents: tuple[int, ...]) -> torch.Tensor:
+        from evcascade.decoding.tree import TokenTree
+
+        token_ids = _check_token_ids(token_ids, "token_ids", self.vocab_size, self.device)
+        TokenTree(token_ids[0], tuple(parents))  # checks the parents
+        logits = self._prefill(request, token_ids[:, 1:], tuple(parents))  # [B, n, V]
+        self._tree = (self._prompt_length - 1, tuple(parents))  # node 0 is the prompt's last position
+        return logits
+
     @abc.abstractmethod
-    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None) -> torch.Tensor:
-        """Start the request with ``draft_ids [B, k]`` (None: k = 0) after the prompt; logits ``[B, k+1, V]``."""
+    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None,
+                 parents: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Start the request with ``draft_ids [B, k]`` (None: k = 0) after the prompt, a chain or, with ``parents``,
+        the nodes 1..k of a tree rooted at the prompt's last token; logits ``[B, k+1, V]``."""
+
+    def _tree_inputs(self, num_chain: int, parents: tuple[int, ...] | None, past: int) -> dict[str, torch.Tensor]:
+        """The mask and positions of a prefill's tail (``num_chain`` prompt tokens, then the tree's nodes) after
+        ``past`` cached positions; none for a chain (the model's causal mask is that already)."""
+        from evcascade.decoding.tree import attention_mask, position_ids, tail_parents
+
+        if parents is None:
+            return {}
+        tail = tail_parents(num_chain, parents)
+        return {"attention_mask": attention_mask(tail, past, dtype=self.dtype, device=self.device),
+                "position_ids": position_ids(tail, past, self.device)}
 
     def _forward(self, cache, *, keep: int | None = None, **inputs) -> tuple[torch.Tensor, Any]:
         """One forward appending to ``cache`` (None starts one); float32 logits of the last ``keep`` positions
@@ -202,12 +252,14 @@ class _KVCacheVerifier(Verifier):
             return torch.zeros(1, 0, dtype=torch.long, device=self.device)
         return _check_token_ids(draft_ids, "draft_ids", self.vocab_size, self.device)
 
-    def _prefill_plain(self, prompt_ids: torch.LongTensor, draft_ids: torch.LongTensor) -> torch.Tensor:
-        """Prefill a text prompt (and draft ``[B, k]``) with one forward, nothing reused across requests; logits
-        ``[B, k+1, V]``."""
+    def _prefill_plain(self, prompt_ids: torch.LongTensor, draft_ids: torch.LongTensor,
+                       parents: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Prefill a text prompt (and a draft ``[B, k]``, chain or tree) with one forward, nothing reused across
+        requests; logits ``[B, k+1, V]``."""
         start = time.perf_counter()
         k = draft_ids.shape[1]
-        logits, self._cache = self._forward(None, keep=k + 1, input_ids=torch.cat([prompt_ids, draft_ids], dim=1))
+        logits, self._cache = self._forward(None, keep=k + 1, input_ids=torch.cat([prompt_ids, draft_ids], dim=1),
+                                            **self._tree_inputs(prompt_ids.shape[1], parents, 0))
         _sync(self.device)
         self.timings["prefill"] += time.perf_counter() - start
         self._prompt_length = prompt_ids.shape[1]
@@ -232,6 +284,47 @@ class _KVCacheVerifier(Verifier):
         self.timings["verify"] += time.perf_counter() - start
         self._length += token_ids.shape[1]
         return logits
+
+    supports_trees = True
+
+    def verify_tree(self, token_ids: torch.LongTensor, parents: tuple[int, ...]) -> torch.Tensor:
+        from evcascade.decoding.tree import TokenTree, attention_mask, position_ids
+
+        if self._cache is None:
+            raise InputError("verify_tree() called before prefill(): start a request first")
+        token_ids = _check_token_ids(token_ids, "token_ids", self.vocab_size, self.device)
+        TokenTree(token_ids[0], tuple(parents))  # checks the parents
+        num_nodes = token_ids.shape[1]
+        # the deepest node sits at past + depth: that, not past + n, is what must fit the context
+        depth = int(position_ids(parents, 0)[0].max()) + 1
+        self._check_fits(depth)
+        start = time.perf_counter()
+        past = self._length
+        # the dtype's own -inf keeps bf16/fp16 models' additive masks finite where allowed and -inf elsewhere
+        mask = attention_mask(parents, past, dtype=self.dtype, device=self.device)  # [1, 1, n, past+n]
+        logits, self._cache = self._forward(self._cache, input_ids=token_ids, attention_mask=mask,
+                                            position_ids=position_ids(parents, past, self.device))  # [B, n, V]
+        _sync(self.device)
+        self.timings["verify"] += time.perf_counter() - start
+        self._length += num_nodes
+        self._tree = (past, tuple(parents))
+        return logits
+
+    def keep_tree_path(self, path: list[int]) -> None:
+        from evcascade.decoding.tree import compact_kv
+
+        tree = getattr(self, "_tree", None)
+        if tree is None:
+            raise InputError("keep_tree_path() needs a verify_tree() before it")
+        past, parents = tree
+        keep = [0, *path]
+        if any(not 0 < node < len(parents) or parents[node] != parent for parent, node in zip(keep, path)):
+            raise InputError(f"path must be a chain of nodes from the root (parents {list(parents)}), got {path}")
+        self._tree = None
+        for layer in self._cache.layers:  # DynamicCache: one DynamicLayer per decoder layer, [B, H, S, D] each
+            layer.keys = compact_kv(layer.keys, past, keep)
+            layer.values = compact_kv(layer.values, past, keep)
+        self._length = past + len(keep)
 
     def rollback(self, num_tokens: int) -> None:
         verified = self._length - self._prompt_length
@@ -269,14 +362,15 @@ class CausalLMVerifier(_KVCacheVerifier):
 
         return cls(_load(AutoModelForCausalLM, id_or_path, device, dtype, **kwargs))
 
-    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None) -> torch.Tensor:
+    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None,
+                 parents: tuple[int, ...] | None = None) -> torch.Tensor:
         self._begin()
         if request.pixel_values_videos is not None:
             raise InputError("CausalLMVerifier is text-only: pixel_values_videos must be None")
         prompt_ids = _check_token_ids(request.prompt_ids, "prompt_ids", self.vocab_size, self.device)
         draft_ids = self._check_draft(draft_ids)
         self._check_fits(prompt_ids.shape[1] + draft_ids.shape[1])
-        return self._prefill_plain(prompt_ids, draft_ids)  # [B, k+1, V]
+        return self._prefill_plain(prompt_ids, draft_ids, parents)  # [B, k+1, V]
 
 
 @dataclass
@@ -356,8 +450,10 @@ class VideoLlavaVerifier(_KVCacheVerifier):
             raise InputError(f"only batch size 1 is supported, pixel_values_videos has B={pixels.shape[0]}")
         return pixels.to(device=self.device, dtype=self.dtype)
 
-    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None) -> torch.Tensor:
-        """Both prefills: the clip's prefix from the caches, then prompt suffix + draft in one forward."""
+    def _prefill(self, request: VerifyRequest, draft_ids: torch.LongTensor | None,
+                 parents: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Every prefill: the clip's prefix from the caches, then prompt suffix + draft (chain or tree) in one
+        forward."""
         self._begin()
         prompt_ids = _check_token_ids(request.prompt_ids, "prompt_ids", self.vocab_size, self.device)
         draft_ids = self._check_draft(draft_ids)
@@ -370,7 +466,7 @@ class VideoLlavaVerifier(_KVCacheVerifier):
             if is_video.numel():
                 raise InputError(f"prompt_ids hold {is_video.numel()} <video> placeholders "
                                  "but pixel_values_videos is None")
-            return self._prefill_plain(prompt_ids, draft_ids)  # a text-only prompt: nothing to share across requests
+            return self._prefill_plain(prompt_ids, draft_ids, parents)  # a text-only prompt: nothing to share
 
         pixels = self._check_pixels(request.pixel_values_videos)
         expected = pixels.shape[1] * self.tokens_per_frame
@@ -408,7 +504,8 @@ class VideoLlavaVerifier(_KVCacheVerifier):
         if tail.shape[1]:
             # with a suffix its last row judges the draft's first token; without, the prefix's last logits do
             keep = k + 1 if suffix_ids.shape[1] else k
-            tail_logits, self._cache = self._forward(self._cache, keep=keep, input_ids=tail)  # [B, keep, V]
+            tail_logits, self._cache = self._forward(self._cache, keep=keep, input_ids=tail,  # [B, keep, V]
+                                                     **self._tree_inputs(suffix_ids.shape[1], parents, prefix_length))
             logits = tail_logits if suffix_ids.shape[1] else torch.cat([logits, tail_logits], dim=1)
         _sync(self.device)
         self.timings["prefill"] += time.perf_counter() - start

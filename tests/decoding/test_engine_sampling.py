@@ -1,6 +1,6 @@
 """Sampling through the cascade draws answers from the target's own distribution.
 
-The target is a bigram table behind the ``Verifier`` interface (microseconds per forward, so thousands of runs
+The target is a bigram table (token trees too) behind the ``Verifier`` interface (microseconds per forward, so thousands of runs
 fit the test budget) with a 4-token vocabulary: the joint distribution of the first 3 answer tokens (64 cells)
 is exact. Many cascade runs (one seed each) are compared with it by a chi-square test (cells with expected
 count < 5 pooled) at false-alarm rate 1e-4; seeds are fixed, so the outcome is deterministic. The same samples
@@ -50,6 +50,20 @@ class BigramVerifier(Verifier):
 
     def rollback(self, num_tokens: int) -> None:
         del self._ids[len(self._ids) - num_tokens:]
+
+    supports_trees = True
+
+    def verify_tree(self, token_ids, parents):  # a bigram's row depends on the node's own token only
+        self._tree = (len(self._ids), token_ids[0].tolist(), parents)
+        return self.table[token_ids]  # [1, n, V]
+
+    def prefill_with_tree(self, request, token_ids, parents):
+        self._ids = request.prompt_ids[0].tolist()[:-1]  # node 0 is the prompt's last token
+        return self.verify_tree(token_ids, parents)
+
+    def keep_tree_path(self, path):
+        past, tokens, _ = self._tree
+        self._ids += [tokens[0]] + [tokens[node] for node in path]
 
     @property
     def cache_length(self) -> int:
@@ -119,6 +133,10 @@ CONFIGS = {
                               dict(temperature=0.8, top_k=3, adaptive=False, draft_k=4, max_new_tokens=6), RUNS),
     "horizontal-adaptive-top-p": (lambda: [NGramDrafter(max_ngram=2), BigramDrafter(DRAFT)],
                                   dict(temperature=1.2, top_p=0.9, draft_k=3, max_new_tokens=6), RUNS),
+    # standard speculative sampling, kept as an option: same distribution
+    "speculative-vertical": (lambda: [NGramDrafter(max_ngram=2), BigramDrafter(DRAFT)],
+                             dict(temperature=0.8, top_k=3, adaptive=False, draft_k=4, max_new_tokens=6,
+                                  sampling="speculative"), RUNS // 2),
     "tiny-lm": (lambda: [ModelDrafter(tiny_llama(V, seed=3, hidden_size=16, num_layers=1), name="lm")],
                 dict(temperature=1.0, adaptive=False, draft_k=2), RUNS // 3),
 }
@@ -138,7 +156,7 @@ def test_sampled_answers_follow_the_target(config):
         counts[sum(t * V ** (NUM_TOKENS - 1 - i) for i, t in enumerate(tokens))] += 1
         accepted += sum(level.accepted for level in result.stats.levels)
         inner += sum(sum(level.inner_drafted_by_position) for level in result.stats.levels)
-    assert accepted > runs // 10  # the drafts really went through speculative acceptance
+    assert accepted > runs // 10  # the drafts really went through acceptance (coupled by default)
     if config == "ngram-bigram-vertical":
         assert inner > 0  # and through the inner review of the vertical cascade
     params = GenerationOptions(do_sample=True, **{k: v for k, v in settings.items()
@@ -149,12 +167,13 @@ def test_sampled_answers_follow_the_target(config):
     assert pooled_pvalue(counts, exact_joint(colder)) < ALPHA
 
 
-def test_same_seed_same_answer():
+def test_same_seed_same_answer_speculative_static():
     # no answer memory, so both requests see the same drafts
     decoder = CascadeDecoder(BigramVerifier(TARGET), [NGramDrafter(memory_size=0), BigramDrafter(DRAFT)])
     # adaptive plans follow measured times and so consume random draws differently: a seed replays an answer
     # exactly with the static plan
-    options = GenerationOptions(max_new_tokens=12, do_sample=True, seed=7, eos_token_ids=(), adaptive=False)
+    options = GenerationOptions(max_new_tokens=12, do_sample=True, seed=7, eos_token_ids=(), adaptive=False,
+                                sampling="speculative")
     first = decoder.generate(VerifyRequest(PROMPT), DraftContext(PROMPT), options).token_ids
     second = decoder.generate(VerifyRequest(PROMPT), DraftContext(PROMPT), options).token_ids
     assert torch.equal(first, second) and first.shape == (1, 12)

@@ -149,3 +149,57 @@ def test_prefill_plan_drafts_longer_than_decoding_where_the_verify_cost_grows():
     for _ in range(30):
         never.observe_verify(1, 0.010), never.observe_draft(0, 4, 0.004), never.observe_target(0, 0, 1)
     assert never.plan_prefill(8).num_tokens == 0
+
+
+# ---------------------------------------------------------------- token trees
+
+def test_branch_gains_on_hand_values():
+    from evcascade.decoding.policy import Branch, branch_gains
+
+    gains = branch_gains([0.8, 0.5, 0.5], [Branch(1, 1, "alt"), Branch(3, 2, "spare")], {"alt": 0.5, "spare": 0.25})
+    assert [(round(g, 4), i, j) for g, i, j in gains] == [(0.5, 0, 0), (0.1, 1, 0), (0.025, 1, 1)]
+    assert branch_gains([0.9], [Branch(1, 3, "unknown")], {}) == [(0.0, 0, 0), (0.0, 0, 1), (0.0, 0, 2)]
+
+
+def tree_policy(verify_cost_by_size):
+    from evcascade.decoding.policy import AdaptivePolicy
+
+    policy = AdaptivePolicy(explore_every=1000)
+    policy.bind([False, True])
+    for _ in range(5):
+        for size, seconds in verify_cost_by_size.items():
+            policy.observe_verify(size, seconds)
+        policy.observe_target(1, 6, 10)
+        policy.observe_branch("alt", 4, 10)
+    return policy
+
+
+def test_tree_follows_the_measured_verify_curve():
+    from evcascade.decoding.policy import Branch
+
+    branches = [Branch(1, 1, "alt"), Branch(2, 1, "alt"), Branch(3, 2, "spare")]
+    # a CPU-like curve: every extra node costs half a forward: the chain stays the best tree
+    steep = tree_policy({n: 0.1 * (1 + 0.5 * (n - 1)) for n in range(1, 12)})
+    assert steep.tree_nodes([1, 1, 1], branches) == []
+    # a GPU-like flat curve: the branches worth anything join, ancestors first
+    flat = tree_policy({n: 0.1 for n in range(1, 12)})
+    chosen = flat.tree_nodes([1, 1, 1], branches)
+    assert (0, 0) in chosen and (1, 0) in chosen and chosen == sorted(chosen)
+    assert all((i, j - 1) in chosen for i, j in chosen if j)
+    # every explore_every decisions all candidates join once, so the rates keep being measured
+    steep.explore_every = 2
+    assert steep.tree_nodes([1, 1, 1], branches) == [(0, 0), (1, 0), (2, 0), (2, 1)]
+
+
+def test_position_and_branch_observations():
+    from evcascade.decoding.policy import AdaptivePolicy
+
+    policy = AdaptivePolicy(prior_branch_rate=0.3)
+    policy.bind([False, True])
+    assert policy.branch_rate("alt") == 0.3 and policy.position_acceptance(1, 0) == policy.acceptance(1)
+    for _ in range(30):
+        policy.observe_positions(1, 0, 4, 2)  # positions 0, 1 kept, 2 rejected, 3 never judged
+        policy.observe_branch("alt", 0, 1)
+    assert policy.position_acceptance(1, 0) > 0.9 and policy.position_acceptance(1, 2) < 0.1
+    assert policy.position_acceptance(1, 3) == policy.acceptance(1)  # not judged: the level's own estimate
+    assert policy.branch_rate("alt") < 0.05
