@@ -85,11 +85,13 @@ def cache_main(
             ``device: cuda`` then means this worker's GPU (``LOCAL_RANK`` / ``SLURM_LOCALID``).
     """
     import os
+    import time
+
     import torch
 
     from evcascade.models.alignment import target_video_layout
-    from evcascade.train.datasets import ClipDataset, dsec_windows, manifest_windows
     from evcascade.train import target_cache as tc
+    from evcascade.train.datasets import ClipDataset, dsec_windows, manifest_windows
 
     if (dsec_root is None) == (manifest is None):
         raise InputError("give exactly one data source: --dsec_root or --manifest")
@@ -125,15 +127,18 @@ def cache_main(
         windows = windows[tc.shard_slice(len(windows), worker, workers)]
         folder = tc.part_folder(out, worker, workers)
     dataset = ClipDataset(windows, num_frames=num_frames, event_window_us=event_window_us, load_events=False)
+    started = time.perf_counter()
     counts = tc.build_target_cache(model, tokenizer, dataset, folder, target_name=target, prompts=prompts or (),
                                    features=features, answers=answers, max_new_tokens=max_new_tokens, top_k=top_k,
                                    dtype=dtype, shard_size=shard_size, progress=True)
+    seconds = time.perf_counter() - started  # the windows' work, without loading the target
+    rate = f"{seconds:.1f} s, {len(windows) / seconds:.2f} windows/s" if seconds > 0 else "0 s"
     if shard is None:
-        print(f"target cache {out}: {counts}")
+        print(f"target cache {out}: {counts} ({rate})")
         return counts
     tc.mark_part_complete(folder, {**counts, "windows": len(windows)})
     merged = tc.merge_parts(out)
-    print(f"target cache {out}, part {worker}/{workers} ({len(windows)} windows): {counts}; "
+    print(f"target cache {out}, part {worker}/{workers} ({len(windows)} windows): {counts} ({rate}); "
           + ("merged the parts" if merged else tc.parts_status(out)))
     return counts
 
