@@ -9,7 +9,7 @@
    and ``1/2`` at the same time); the two caches are compared entry for entry; windows/s of each.
 3. ``align`` with ``align_dsec.yaml`` and ``distill`` with ``distill_dsec.yaml`` on the two-worker (merged) cache;
    the same distill with ``distill_dsec_ddp.yaml`` on 2 CPU processes (the DDP config as shipped, sizes changed)
-   for steps/s of 1 vs 2 processes at one global batch.
+   for steps/s of 1 vs 2 processes at one global batch (32 = 1 x 16 x accumulate 2 = 2 x 16 x 1).
 4. ``export`` of both checkpoints, a cascade folder (the bundled target + n-gram + the new event level), then
    ``python -m evcascade.infer --events <seq>/events/left/events.h5 --video <seq>/images/left`` on the held-out
    sequence, in cascade and target mode: the answers must be equal (greedy is lossless).
@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
              *trainer_overrides(folder, args.ddp_steps, 10_000), *extra,
              "--trainer.callbacks", checkpoint_callbacks(folder, "val/acceptance", timer),
              *distill_common, "--model.export_dir", folder / "export",
-             *data_overrides(out, cache, val, 16 // procs)], log)
+             *data_overrides(out, cache, val, 16)], log)  # global batch 32: 1 x 16 x accumulate 2 = 2 x 16 x 1
         throughput[procs] = {**json.loads(timer.read_text()), "load_average": load_average()}
-    summary["distill_throughput_global_batch_16"] = throughput
+    summary["distill_throughput_global_batch_32"] = throughput
 
     # 4. export from the checkpoints (the public command), assemble a cascade, infer on the held-out sequence
     exported = out / "export_from_ckpt"
