@@ -4,7 +4,8 @@
   everything after the stage name is LightningCLI's (``--config configs/train/align_tiny.yaml``, ``fit`` by
   default, ``--ckpt_path last`` to resume, ``--trainer.strategy ddp`` ...). ``data.target_cache`` is linked
   to ``model.target_cache``, and ``data.task`` is the stage.
-- ``cache``: fills a target cache (`build_target_cache`) from a YAML of ``cache_main``'s arguments.
+- ``cache``: fills a target cache (`build_target_cache`) from a YAML of ``cache_main``'s arguments;
+  ``--shard I/N`` makes this process worker I of N (its part of the windows, merged by the last one to finish).
 - ``export``: ``export --stage align --ckpt_path CKPT --out DIR`` writes the Hugging Face folders.
 """
 
