@@ -123,6 +123,7 @@ def assert_weights_close(a: dict, b: dict, what: str) -> None:
         torch.testing.assert_close(a[name], b[name], **TOL, msg=lambda m: f"{what}: {name}: {m}")
 
 
+@pytest.mark.slow  # 3 two-process runs: ~35 s of CPU, mostly the interpreters' imports
 @pytest.mark.parametrize("stage", ["align", "distill"])
 def test_ddp_two_processes_match_one_process_of_the_same_global_batch(tmp_path, ddp_data, stage):
     """2 ranks x batch B == 1 process x batch 2B: same losses and weights; rank 0 alone logs and exports; (align)
