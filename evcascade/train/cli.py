@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from lightning.pytorch.cli import LightningCLI
@@ -125,6 +126,8 @@ def cache_main(
         windows = manifest_windows(manifest, video_window_us=video_window_us)
     folder = out
     if shard is not None:
+        if any(Path(out).expanduser().glob("shard-*.pt")):
+            raise InputError(f"{out!r} holds a cache written without --shard; give the sharded run a new folder")
         windows = windows[tc.shard_slice(len(windows), worker, workers)]
         folder = tc.part_folder(out, worker, workers)
     dataset = ClipDataset(windows, num_frames=num_frames, event_window_us=event_window_us, load_events=False)
