@@ -413,14 +413,17 @@ def _check_stream(path: Path, num_frames: int, fps: float) -> None:
 
 
 def _image_folder_paths(folder: Path) -> tuple[Path, Path]:
-    """(png folder, timestamps.txt) of a DSEC sequence folder or of its ``images`` folder."""
+    """(png folder, timestamps.txt) of a DSEC sequence folder, of its ``images`` folder or of its camera folder
+    ``images/left`` (whose ``rectified/`` PNGs are stamped by ``../timestamps.txt``)."""
     for images in (folder / "images", folder):
         pngs, stamps = images / "left" / "rectified", images / "timestamps.txt"
         if pngs.is_dir() and stamps.is_file():
             return pngs, stamps
+    if (folder / "rectified").is_dir() and (folder.parent / "timestamps.txt").is_file():
+        return folder / "rectified", folder.parent / "timestamps.txt"
     raise InputError(
         f"{str(folder)!r}: a folder must be a DSEC sequence with images/left/rectified/*.png and "
-        "images/timestamps.txt (or that images folder itself)"
+        "images/timestamps.txt (or that images folder, or images/left itself)"
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from evcascade.train.common import adamw_with_warmup, saved_model_type, trainer_max_steps
+from evcascade.train.common import adamw_with_warmup, saved_model_type, skipped_step_loss, trainer_max_steps
 from evcascade.train.losses import check_finite_loss, feature_regression_loss
 from evcascade.train.target_cache import TargetCache
 
@@ -104,12 +104,13 @@ class AlignModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int):
         self._count_skipped(batch, "train")
         if not batch["keys"]:
-            return None  # every window of this batch was empty: nothing to learn, skip the step
+            return skipped_step_loss(self)  # every window of this batch was empty: nothing to learn
         out = self._losses(batch)
         check_finite_loss(out["loss"], step=self.global_step, batch_idx=batch_idx, keys=batch["keys"])
         batch_size = len(batch["keys"])
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch_size)
-        self.log("train/cosine", out["cosine"], batch_size=batch_size)
+        # sync_dist: under DDP the logged value is the step's global batch (mean of the ranks' means), not rank 0's
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log("train/cosine", out["cosine"], batch_size=batch_size, sync_dist=True)
         return out["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

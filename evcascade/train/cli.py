@@ -4,7 +4,8 @@
   everything after the stage name is LightningCLI's (``--config configs/train/align_tiny.yaml``, ``fit`` by
   default, ``--ckpt_path last`` to resume, ``--trainer.strategy ddp`` ...). ``data.target_cache`` is linked
   to ``model.target_cache``, and ``data.task`` is the stage.
-- ``cache``: fills a target cache (`build_target_cache`) from a YAML of ``cache_main``'s arguments.
+- ``cache``: fills a target cache (`build_target_cache`) from a YAML of ``cache_main``'s arguments;
+  ``--shard I/N`` makes this process worker I of N (its part of the windows, merged by the last one to finish).
 - ``export``: ``export --stage align --ckpt_path CKPT --out DIR`` writes the Hugging Face folders.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 from lightning.pytorch.cli import LightningCLI
@@ -84,6 +86,7 @@ def cache_main(
     shard_size: int = 64,
     device: str = "cpu",
     target_dtype: str = "float32",
+    shard: str | None = None,
 ) -> dict[str, int]:
     """Compute (or resume computing) the target cache ``out`` over DSEC or a manifest.
 
@@ -94,12 +97,19 @@ def cache_main(
         prompts: questions asked about every window, besides each manifest entry's own.
         dtype: storage dtype of the video features (float16 halves the disk).
         target_dtype: dtype the target runs in (bfloat16 on GPUs that have it).
+        shard: ``I/N``: this worker computes the I-th of N contiguous slices of the windows into ``out/part-I-of-N``
+            (resumable per worker); the last worker to finish merges the parts into ``out``. ``env`` takes I/N
+            from torchrun (``RANK``/``WORLD_SIZE``) or SLURM (``SLURM_PROCID``/``SLURM_NTASKS``), and
+            ``device: cuda`` then means this worker's GPU (``LOCAL_RANK`` / ``SLURM_LOCALID``).
     """
+    import os
+    import time
+
     import torch
 
     from evcascade.models.alignment import target_video_layout
+    from evcascade.train import target_cache as tc
     from evcascade.train.datasets import ClipDataset, dsec_windows, manifest_windows
-    from evcascade.train.target_cache import build_target_cache
 
     if (dsec_root is None) == (manifest is None):
         raise InputError("give exactly one data source: --dsec_root or --manifest")
@@ -116,6 +126,12 @@ def cache_main(
 
         tokenizer = AutoTokenizer.from_pretrained(target)
         model = VideoLlavaForConditionalGeneration.from_pretrained(target, dtype=dtypes[target_dtype])
+    if shard == "env":
+        shard = tc.shard_from_env()
+        local_rank = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID"))
+        if device == "cuda" and local_rank is not None:
+            device = f"cuda:{int(local_rank)}"
+    worker, workers = tc.parse_shard(shard) if shard is not None else (0, 1)
     model = model.to(device).eval()
     num_frames = target_video_layout(model.config)[0]
     if dsec_root is not None:
@@ -124,11 +140,26 @@ def cache_main(
                                stride_frames=stride_frames)
     else:
         windows = manifest_windows(manifest, video_window_us=video_window_us)
+    folder = out
+    if shard is not None:
+        if any(Path(out).expanduser().glob("shard-*.pt")):
+            raise InputError(f"{out!r} holds a cache written without --shard; give the sharded run a new folder")
+        windows = windows[tc.shard_slice(len(windows), worker, workers)]
+        folder = tc.part_folder(out, worker, workers)
     dataset = ClipDataset(windows, num_frames=num_frames, event_window_us=event_window_us, load_events=False)
-    counts = build_target_cache(model, tokenizer, dataset, out, target_name=target, prompts=prompts or (),
-                                features=features, answers=answers, max_new_tokens=max_new_tokens, top_k=top_k,
-                                dtype=dtype, shard_size=shard_size, progress=True)
-    print(f"target cache {out}: {counts}")
+    started = time.perf_counter()
+    counts = tc.build_target_cache(model, tokenizer, dataset, folder, target_name=target, prompts=prompts or (),
+                                   features=features, answers=answers, max_new_tokens=max_new_tokens, top_k=top_k,
+                                   dtype=dtype, shard_size=shard_size, progress=True)
+    seconds = time.perf_counter() - started  # the windows' work, without loading the target
+    rate = f"{seconds:.1f} s, {len(windows) / seconds:.2f} windows/s" if seconds > 0 else "0 s"
+    if shard is None:
+        print(f"target cache {out}: {counts} ({rate})")
+        return counts
+    tc.mark_part_complete(folder, {**counts, "windows": len(windows)})
+    merged = tc.merge_parts(out)
+    print(f"target cache {out}, part {worker}/{workers} ({len(windows)} windows): {counts} ({rate}); "
+          + ("merged the parts" if merged else tc.parts_status(out)))
     return counts
 
 

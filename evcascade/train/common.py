@@ -60,3 +60,16 @@ def trainer_max_steps(trainer) -> int | None:
         return int(trainer.estimated_stepping_batches)
     except Exception:  # noqa: BLE001 - unknown length (iterable datasets): no decay
         return None
+
+
+def skipped_step_loss(module):
+    """What a training step returns when every window of its batch was empty.
+
+    One process: None, and Lightning skips the optimiser step. Under DDP every rank must take part in the
+    gradient all-reduce of every step (a rank that skips leaves the others waiting forever), so the step returns
+    a zero loss that touches every trainable parameter: this rank contributes zero gradients and the step's
+    gradient is the other ranks' mean scaled by their share.
+    """
+    if module.trainer.world_size <= 1:
+        return None
+    return sum(p.sum() for p in module.parameters() if p.requires_grad) * 0.0

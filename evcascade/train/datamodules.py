@@ -8,7 +8,10 @@ logits there, and (optionally) the window's video features and events.
 
 Windows with no events are skipped when the batch needs events, and counted: every batch carries
 ``skipped_empty`` and the modules log the running total. Splits are by sequence / manifest entry. Shuffling is
-a permutation seeded by (seed, epoch), so a run resumed from a checkpoint sees the same order again.
+a permutation seeded by (seed, epoch), so a run resumed from a checkpoint sees the same order again; it goes
+block by block of cache shards that fit the cache's memory budget (`EpochSeededSampler`). Under DDP, Lightning's
+own distributed sampler wrapper (set up here, without its extra shuffle) gives each rank every N-th item of that
+order, so N ranks of batch B see exactly the batches of one process of batch N x B.
 """
 
 from __future__ import annotations
@@ -42,23 +45,62 @@ class EventWindows:
 
 
 class EpochSeededSampler(Sampler[int]):
-    """A random permutation of ``range(n)`` that depends only on (seed, epoch).
+    """A random order of ``range(n)`` that depends only on (seed, epoch), read shard block by shard block.
 
     The epoch comes from ``epoch_fn`` (the trainer's ``current_epoch``) when given: Lightning's own
     ``set_epoch`` passes a count of processed epochs that is one off after resuming from an epoch-end checkpoint.
+
+    ``item_shards`` (the cache shard each item reads) and ``shard_bytes`` make the order cache-friendly: the
+    shards are shuffled, cut into blocks of at most ``budget_bytes`` (the target cache's memory budget), and the
+    items of one block are shuffled among themselves before the next block starts. A cache that fits the budget
+    is one block: a plain permutation of all items. One that does not is read one block at a time, each shard
+    loaded once an epoch; a plain permutation would load a shard for nearly every item. Under DDP the data module
+    wraps this sampler in Lightning's ``DistributedSamplerWrapper`` (without the extra shuffle Lightning would add),
+    which hands rank r the items r, r + N, ... of this order:
+    all ranks read the same block at the same time (each keeps only it resident), and the N per-rank batches of
+    a step together are exactly the one-process batch of N times the size.
     """
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, epoch_fn: Callable[[], int] | None = None):
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, epoch_fn: Callable[[], int] | None = None, *,
+                 item_shards: Sequence[str] | None = None, shard_bytes: dict[str, int] | None = None,
+                 budget_bytes: int | None = None):
         self.n, self.seed, self.shuffle, self.epoch, self.epoch_fn = n, seed, shuffle, 0, epoch_fn
+        if item_shards is not None and len(item_shards) != n:
+            raise ValueError(f"item_shards has {len(item_shards)} entries for {n} items")
+        self.item_shards, self.shard_bytes, self.budget_bytes = item_shards, shard_bytes or {}, budget_bytes
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def blocks(self, rng: np.random.Generator) -> list[list[str]]:
+        """Shards in a shuffled order, cut into consecutive blocks that fit ``budget_bytes`` (one or more shards)."""
+        names = sorted(set(self.item_shards))
+        blocks: list[list[str]] = []
+        used = 0
+        for index in rng.permutation(len(names)).tolist():
+            size = self.shard_bytes.get(names[index], 0)
+            if not blocks or (self.budget_bytes is not None and used + size > self.budget_bytes):
+                blocks.append([])
+                used = 0
+            blocks[-1].append(names[index])
+            used += size
+        return blocks
 
     def __iter__(self):
         if not self.shuffle:
             return iter(range(self.n))
         epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
-        return iter(np.random.default_rng([self.seed, epoch]).permutation(self.n).tolist())
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.item_shards is None:
+            return iter(rng.permutation(self.n).tolist())
+        by_shard: dict[str, list[int]] = {}
+        for item, shard in enumerate(self.item_shards):
+            by_shard.setdefault(shard, []).append(item)
+        order: list[int] = []
+        for block in self.blocks(rng):
+            items = np.concatenate([by_shard[name] for name in block])
+            order.extend(items[rng.permutation(items.size)].tolist())
+        return iter(order)
 
     def __len__(self) -> int:
         return self.n
@@ -84,6 +126,11 @@ class StageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def item_shards(self) -> list[str]:
+        """The cache shard each item reads (its answer's for distill, its window's features' for align)."""
+        return [self.cache.shard_of(answer if answer is not None else self.clips.windows[i].key)
+                for i, answer in self.items]
 
     def __getitem__(self, index: int) -> dict:
         clip_index, answer = self.items[index]
@@ -240,7 +287,19 @@ class ClipDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: StageDataset, shuffle: bool) -> DataLoader:
         h = self.hparams
-        sampler = EpochSeededSampler(len(dataset), h.seed, shuffle, epoch_fn=self._current_epoch)
+        shards = dataset.item_shards()
+        sampler = EpochSeededSampler(len(dataset), h.seed, shuffle, epoch_fn=self._current_epoch, item_shards=shards,
+                                     shard_bytes={name: dataset.cache.shard_bytes(name) for name in set(shards)},
+                                     budget_bytes=dataset.cache.memory_bytes)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Lightning's own wrapper, but without the extra shuffle it adds for training loaders: that shuffle would
+            # reorder our (seed, epoch) order with Lightning's epoch count (one off after a resume), break the shard
+            # blocks, and make the ranks' batches differ from the one-process batches of the same global size.
+            from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+            sampler = DistributedSamplerWrapper(sampler, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                                shuffle=False)
         return DataLoader(dataset, batch_size=h.batch_size, sampler=sampler,
                           num_workers=h.num_workers, collate_fn=self._collate, persistent_workers=h.num_workers > 0)
 

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from evcascade.errors import InputError
-from evcascade.train.common import adamw_with_warmup, require_folder, saved_model_type, trainer_max_steps
+from evcascade.train.common import (adamw_with_warmup, require_folder, saved_model_type, skipped_step_loss,
+                                    trainer_max_steps)
 from evcascade.train.losses import KD_KINDS, check_finite_loss, kd_loss, offline_acceptance, top1_agreement
 from evcascade.train.target_cache import TargetCache
 
@@ -175,13 +176,14 @@ class DistillModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int):
         self.skipped_empty += int(batch["skipped_empty"])
         if not batch["keys"]:
-            return None
+            return skipped_step_loss(self)
         out = self._losses(batch)
         check_finite_loss(out["loss"], step=self.global_step, batch_idx=batch_idx, keys=batch["keys"])
         batch_size = len(batch["keys"])
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch_size)
-        self.log("train/kd", out["kd"], batch_size=batch_size)
-        self.log("train/acceptance", out["acceptance"], batch_size=batch_size)
+        # sync_dist: under DDP the logged value is the step's global batch (mean of the ranks' means), not rank 0's
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log("train/kd", out["kd"], batch_size=batch_size, sync_dist=True)
+        self.log("train/acceptance", out["acceptance"], batch_size=batch_size, sync_dist=True)
         return out["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

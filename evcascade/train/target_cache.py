@@ -15,6 +15,13 @@ target's greedy answer, EOS included when reached) and ``topk_ids`` / ``topk_log
 
 Resumable: a run that is killed loses at most the shard it was filling; the next run skips every key the index
 holds. A cache refuses to mix targets: reopening it with a different target, layer or top_k is an error.
+
+Several workers (``python -m evcascade.train cache --shard I/N``, one per GPU or node) each fill a part of their
+own, ``<cache>/part-I-of-N/`` (the layout above, resumable the same way), over a contiguous slice of the windows
+(`shard_slice`); each part ends with ``complete.json``. When the last part completes, ``merge_parts`` writes the
+cache's own ``meta.json``, ``target_config/`` and ``index.json`` (the parts' indexes in part order, shard paths
+``part-I-of-N/shard-*.pt``) and ``parts.json``: the merged cache reads exactly like one written by a single worker,
+entries in the same order.
 """
 
 from __future__ import annotations
@@ -70,6 +77,11 @@ class TargetCache:
         meta_path, index_path = self.folder / "meta.json", self.folder / "index.json"
         for path in (meta_path, index_path):
             if not path.is_file():
+                parts = sorted(p.name for p in self.folder.glob("part-*-of-*") if p.is_dir())
+                if parts:
+                    raise InputFileNotFoundError(
+                        f"{str(self.folder)!r} holds the parts {parts} of a sharded target cache but no merged index: "
+                        f"{parts_status(self.folder)}")
                 raise InputFileNotFoundError(
                     f"{str(self.folder)!r} is not a target cache (no {path.name}); build one with "
                     "`python -m evcascade.train cache --config ...`"
@@ -98,6 +110,14 @@ class TargetCache:
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(self.folder / "target_config")
+
+    def shard_of(self, key: str) -> str:
+        """The shard file (relative to the folder) that holds ``key``."""
+        return self.index[key]["shard"]
+
+    def shard_bytes(self, shard: str) -> int:
+        """Size on disk of one shard (about its size in memory: tensors are stored uncompressed)."""
+        return (self.folder / shard).stat().st_size
 
     def get(self, key: str) -> dict[str, torch.Tensor]:
         """The tensors stored under ``key``; a missing key names the cache and says how to fill it."""
@@ -177,6 +197,101 @@ class TargetCacheWriter:
 
     def __exit__(self, *exc) -> None:
         self.flush()
+
+
+# ---------------------------------------------------------------------------------------------- workers
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; a clear error otherwise.
+
+    >>> parse_shard("1/4")
+    (1, 4)
+    """
+    try:
+        index, count = (int(part) for part in str(spec).split("/"))
+    except ValueError:
+        raise InputError(f"shard must be I/N (worker I of N, counting from 0), got {spec!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise InputError(f"shard must be I/N with 0 <= I < N, got {spec!r}")
+    return index, count
+
+
+def shard_slice(num_items: int, index: int, count: int) -> slice:
+    """Worker ``index`` of ``count``'s contiguous slice of ``num_items`` (sizes differ by at most one).
+
+    >>> [shard_slice(5, i, 2) for i in range(2)]
+    [slice(0, 3, None), slice(3, 5, None)]
+    """
+    base, extra = divmod(num_items, count)
+    start = index * base + min(index, extra)
+    return slice(start, start + base + (index < extra))
+
+
+def part_folder(folder, index: int, count: int) -> Path:
+    """Where worker ``index`` of ``count`` writes its part of the cache ``folder``."""
+    return Path(folder).expanduser() / f"part-{index}-of-{count}"
+
+
+def parts_status(folder) -> str:
+    """One line on which parts of a sharded cache are complete, and which to (re)run."""
+    folder = Path(folder).expanduser()
+    counts = {int(p.name.rsplit("-", 1)[1]) for p in folder.glob("part-*-of-*") if p.is_dir()}
+    if len(counts) != 1:
+        return f"parts of different worker counts {sorted(counts)}: use one --shard I/N split per cache folder"
+    count = counts.pop()
+    missing = [i for i in range(count) if not (part_folder(folder, i, count) / "complete.json").is_file()]
+    if missing:
+        return f"parts {missing} of {count} are not complete; run `cache --shard I/{count}` for I in {missing}"
+    return f"all {count} parts complete"
+
+
+def merge_parts(folder) -> bool:
+    """Merge the complete parts of ``folder`` into its own index; False (nothing written) while any is missing."""
+    import shutil
+
+    folder = Path(folder).expanduser()
+    parts = sorted((p for p in folder.glob("part-*-of-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    counts = {int(p.name.rsplit("-", 1)[1]) for p in parts}
+    if len(counts) != 1:
+        raise InputError(f"{str(folder)!r}: {parts_status(folder)}")
+    count = counts.pop()
+    if len(parts) != count or not all((p / "complete.json").is_file() for p in parts):
+        return False
+    metas = [json.loads((p / "meta.json").read_text()) for p in parts]
+    for part, meta in zip(parts[1:], metas[1:]):
+        clash = {k: (metas[0].get(k), meta.get(k)) for k in _MUST_MATCH if metas[0].get(k) != meta.get(k)}
+        if clash:
+            raise InputError(f"{str(part)!r} was written with another target or setting than {parts[0].name}: {clash}")
+    entries: dict[str, dict] = {}
+    indexes = [json.loads((p / "index.json").read_text())["entries"] if (p / "index.json").is_file() else {}
+               for p in parts]  # a worker with no windows writes no index
+    for part, index in zip(parts, indexes):
+        for key, entry in index.items():
+            entries[key] = {**entry, "shard": f"{part.name}/{entry['shard']}"}
+    if not (folder / "target_config").is_dir() and (parts[0] / "target_config").is_dir():
+        shutil.copytree(parts[0] / "target_config", folder / f".target_config.{os.getpid()}.tmp")
+        try:
+            os.replace(folder / f".target_config.{os.getpid()}.tmp", folder / "target_config")
+        except OSError:  # another worker merged at the same moment
+            shutil.rmtree(folder / f".target_config.{os.getpid()}.tmp", ignore_errors=True)
+    _write_json_atomic(folder / "meta.json", metas[0])
+    _write_json_atomic(folder / "index.json", {"entries": entries})
+    _write_json_atomic(folder / "parts.json", {"parts": [p.name for p in parts],
+                                               "entries": [len(index) for index in indexes]})
+    return True
+
+
+def shard_from_env() -> str:
+    """``I/N`` from the launcher's environment: torchrun (``RANK``/``WORLD_SIZE``) or SLURM (``SLURM_PROCID``/
+    ``SLURM_NTASKS``); ``0/1`` outside any launcher."""
+    for rank, size in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if rank in os.environ and size in os.environ:
+            return f"{int(os.environ[rank])}/{int(os.environ[size])}"
+    return "0/1"
+
+
+def mark_part_complete(part, counts: dict[str, int]) -> None:
+    """Record that a worker's part holds every entry of its windows (``complete.json``)."""
+    _write_json_atomic(Path(part) / "complete.json", counts)
 
 
 # ---------------------------------------------------------------------------------------------- computing
