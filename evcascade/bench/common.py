@@ -126,3 +126,18 @@ def mismatch_exit_code(report: dict[str, Any], reference: str) -> int:
     bad = [r["row"] for r in report["rows"] if not r["identical"]]
     print(f"OUTPUT MISMATCH: {bad} differ from {reference}", file=sys.stderr)
     return 1
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with "+dirty" when files differ from it), recorded next to every figure; None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
