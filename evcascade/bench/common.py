@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-def environment_info(device: str = "cpu") -> dict[str, Any]:
-    """Device, library versions and machine facts, recorded next to every figure."""
+def environment_info(device: str = "cpu", load_before: tuple[float, ...] | None = None) -> dict[str, Any]:
+    """Device, library versions, machine facts, the commit and the machine's load (``os.getloadavg()`` when the
+    run started, ``load_before``, and now), recorded next to every figure: the machine may be shared."""
+    import os
+
     import numpy as np
     import torch
 
@@ -23,6 +26,10 @@ def environment_info(device: str = "cpu") -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "numpy": np.__version__,
         "device": device,
+        "cpu_count": os.cpu_count(),
+        "loadavg_before": list(load_before) if load_before is not None else None,
+        "loadavg_after": list(os.getloadavg()),
+        "git_commit": git_commit(),
     }
     try:
         import transformers

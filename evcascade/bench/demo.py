@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from evcascade.bench.common import (add_held_out_world_args, environment_info, format_table, fresh_levels, git_commit,
+from evcascade.bench.common import (add_held_out_world_args, environment_info, format_table, fresh_levels,
                                     mismatch_exit_code, save_report)
 from evcascade.bench.engine import conditional_acceptance, hf_run, measure_costs
 from evcascade.bench.replay import ReplayDrafter, teacher_forced_hits
@@ -566,15 +566,13 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
             answers.append({"scene_seed": scene_seed, "kind": qa.kind, "question": qa.question, "answer": qa.answer,
                             "target_answer": cascade.tokenizer.decode(q.references[REAL]),
                             "target_tokens": len(q.references[REAL]), "long": q.long})
-    load_after = os.getloadavg()
 
     rows = [bench.totals[key].row() for key in bench.totals]
     _add_speedups(rows)
     roles = bench.roles
     report = {
         "benchmark": "demo", "model": model, "cascade": repr(cascade),
-        "environment": {**environment_info(device), "loadavg_before": load_before, "loadavg_after": load_after,
-                        "git_commit": git_commit()},
+        "environment": environment_info(device, load_before),
         "regimes": {COLD: "every answer starts with empty caches (ours: verifier features + prefix KV, drafter "
                           "memos; HF generate keeps none)",
                     WARM: "a second question on a clip already seen (ours: caches hold the clip; HF: prompt cache "
