@@ -171,10 +171,11 @@ def find_roles(levels) -> Roles:
     return Roles(ngram, next(iter(event_levels(False)), None), next(iter(event_levels(True)), None))
 
 
-def build_twin(target, *, hidden_size: int, num_layers: int, seed: int = 0):
+def build_twin(target, *, hidden_size: int, num_layers: int, seed: int = 0, dtype: torch.dtype | None = None):
     """An untrained twin of a ``VideoLlavaForConditionalGeneration``: the same config, vocabulary and ids, a text
     model of ``hidden_size`` x ``num_layers`` (random, seeded), the target's vision towers copied (so key-frame
-    features match) and a fresh projector onto the new width. Its generation config has no EOS."""
+    features match) and a fresh projector onto the new width, made on the target's device in ``dtype`` (default: the
+    target's; a 7B twin is never made in float32 on the host). Its generation config has no EOS."""
     from transformers import VideoLlavaForConditionalGeneration
 
     if hidden_size < 8 or num_layers < 1:
@@ -189,7 +190,13 @@ def build_twin(target, *, hidden_size: int, num_layers: int, seed: int = 0):
     text.head_dim = hidden_size // num_heads
     text.eos_token_id = None
     torch.manual_seed(seed)
-    twin = VideoLlavaForConditionalGeneration(config).eval()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or target.dtype)
+    try:
+        with torch.device(target.device):
+            twin = VideoLlavaForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
     for tower in ("video_tower", "image_tower"):
         getattr(twin.model, tower).load_state_dict(getattr(target.model, tower).state_dict())
     twin.generation_config.eos_token_id = None  # exactly max_new_tokens tokens per answer
@@ -288,13 +295,14 @@ def hf_prompt_cache(model, prompt_ids: torch.LongTensor, pixels: torch.Tensor):
     prefix_ids = prompt_ids[:, : int(video[-1]) + 1]  # [1, P]
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=prefix_ids, pixel_values_videos=pixels, past_key_values=cache, use_cache=True)
+        model(input_ids=prefix_ids, pixel_values_videos=pixels.to(model.dtype), past_key_values=cache, use_cache=True)
     return prefix_ids, cache
 
 
 def hf_answer(model, prompt_ids, pixels, new_tokens: int, prompt_cache=None, **kwargs):
     """One timed ``generate``: cold with ``pixel_values_videos``; warm from a deep copy of ``prompt_cache`` (timed)
     and without them (the video tokens are already in the cache: passing pixels again is an error)."""
+    pixels = pixels.to(model.dtype)
     if prompt_cache is None:
         return hf_run(model, prompt_ids, new_tokens, pixel_values_videos=pixels, **kwargs)
     prefix_ids, cache = prompt_cache
@@ -357,7 +365,7 @@ class DemoBench:
     ``prepare`` (the regime's precondition, untimed), ``answer`` (timed), ``record``."""
 
     def __init__(self, cascade, *, max_new_tokens: int, draft_k: int, twin: bool, twin_hidden: int,
-                 twin_layers: int, seed: int, long_tokens: int) -> None:
+                 twin_layers: int, seed: int, long_tokens: int, twin_dtype: torch.dtype | None = None) -> None:
         from evcascade.decoding.policy import AdaptivePolicy
         from evcascade.decoding.verifier import VideoLlavaVerifier
 
@@ -380,7 +388,8 @@ class DemoBench:
         self.twin_policies: dict[str, AdaptivePolicy] = {}
         self.twin_cost_levels: dict[str, list] = {}
         if twin:
-            self.twin_model = build_twin(self.target, hidden_size=twin_hidden, num_layers=twin_layers, seed=seed)
+            self.twin_model = build_twin(self.target, hidden_size=twin_hidden, num_layers=twin_layers, seed=seed,
+                                         dtype=twin_dtype)
             self.twin_verifier = VideoLlavaVerifier(self.twin_model, eos_token_ids=(),
                                                     preprocess_config=cascade.verifier.preprocess_config)
             self.twin_policies = {spec.key: AdaptivePolicy() for spec in self.specs if spec.kind == TWIN and spec.roles}
@@ -533,7 +542,8 @@ class DemoBench:
 
 def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None = None, max_new_tokens: int = 48,
                   draft_k: int = 8, twin_hidden: int = 1024, twin_layers: int = 8, twin: bool = True,
-                  device: str = "cpu", world: dict | None = None, long_tokens: int = 16) -> dict[str, Any]:
+                  device: str = "cpu", world: dict | None = None, long_tokens: int = 16,
+                  twin_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Answer every question of ``scenes`` held-out scenes with every row of both regimes; the report as a dict."""
     from evcascade.cascade import Cascade
     from evcascade.clip import load_clip
@@ -549,7 +559,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
     load_before = os.getloadavg()
     cascade = Cascade.from_pretrained(model, device=device)
     bench = DemoBench(cascade, max_new_tokens=max_new_tokens, draft_k=draft_k, twin=twin, twin_hidden=twin_hidden,
-                      twin_layers=twin_layers, seed=seed, long_tokens=long_tokens)
+                      twin_layers=twin_layers, seed=seed, long_tokens=long_tokens, twin_dtype=twin_dtype)
     options = GenerationOptions(**{**cascade.generation_defaults, "max_new_tokens": max_new_tokens,
                                    "draft_k": draft_k, "tokenizer": cascade.tokenizer})
     answers: list[dict[str, Any]] = []
