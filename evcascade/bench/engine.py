@@ -536,6 +536,7 @@ def run_benchmark(config: EngineBenchConfig, progress: bool = True) -> dict[str,
     table = [summarise(row, rows[0], reference, costs, config.new_tokens, round_costs) for row in rows]
     report: dict[str, Any] = {
         "config": asdict(config), "sizes": asdict(size), "environment": environment_info(device, load_before),
+        "regime": "cold: a text-only target keeps no cache between answers; every row prefills the whole prompt",
         "target_params": num_params, "drafter_params": drafter_params,
         "round_target_forward_ms": [1e3 * c.target_forward_s for c in round_costs],
         "costs": {"target_forward_ms": 1e3 * costs.target_forward_s, "cost_ratio_c": costs.cost_ratio,

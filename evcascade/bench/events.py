@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment_info(args.device, load_before)
     env["malloc_tuned"] = malloc_tuned
     print(f"device={args.device} torch_threads={env['torch_threads']} repeats={args.repeats} malloc_tuned={malloc_tuned}")
-    path = write_json(args.out, "events", {"environment": env, "args": vars(args), "rows": rows})
+    path = write_json(args.out, "events", {"environment": env, "args": vars(args), "rows": rows,
+                                          "regime": "cold: nothing is cached between calls"})
     print(f"wrote {path}")
     return 0
