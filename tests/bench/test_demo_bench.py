@@ -249,3 +249,29 @@ def test_teacher_forced_hits_of_a_model_match_its_own_greedy_drafts():
         drafter.begin(context)
         one_by_one.append(int(drafter.propose(torch.tensor([answer[:position]], dtype=torch.long), 1).token_ids[0, 0]) == token)
     assert bits == one_by_one
+
+
+def test_clear_clip_caches_makes_the_next_request_cold():
+    """The cold regime's precondition: after ``clear_clip_caches`` the verifier pays the vision tower again and
+    the drafters' memos are gone (what ``VideoLlavaVerifier.clear_caches`` and ``EventDrafterPrefix.clear`` do)."""
+    from evcascade.decoding.prompting import VideoLlavaPrompter
+    from evcascade.decoding.verifier import VideoLlavaVerifier
+
+    tok = tiny_tokenizer(extra_words=world_vocabulary())
+    target = tiny_video_llava(tok, num_frames=4)
+    encoder, alignment, _, lm = tiny_event_drafter_parts(target.config, tok, refiner=False, seed=1)
+    prefix = build_event_drafter_prefix(encoder, lm, alignment=alignment, target_config=target.config)
+    level = ModelDrafter(lm, prefix_fn=prefix, name="events")
+    verifier = VideoLlavaVerifier(target)
+    size = target.config.vision_config.image_size
+    request = VerifyRequest(VideoLlavaPrompter(tok, target.config)("what colour is it ?").target_ids,
+                            torch.rand(1, 4, 3, size, size, generator=torch.Generator().manual_seed(0)))
+    verifier.prefill(request)
+    verifier.prefill(request)
+    assert verifier.cache_stats()["prefix"]["hits"] == 1
+    prefix._features_memo = prefix._prefix_memo = ("filled", torch.zeros(1))
+    bench.clear_clip_caches(verifier, [NGramDrafter(), level])
+    assert len(verifier.feature_cache) == len(verifier.prefix_cache) == 0
+    assert prefix._features_memo is None and prefix._prefix_memo is None and prefix._memo is None
+    verifier.prefill(request)
+    assert verifier.cache_stats()["features"]["misses"] == 2  # the vision tower ran again
