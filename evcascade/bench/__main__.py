@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "lossy": "evcascade.bench.lossy",
     "demo": "evcascade.bench.demo",
     "trees": "evcascade.bench.trees",
+    "gpu": "evcascade.bench.gpu",
 }
 
 

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-def environment_info(device: str = "cpu") -> dict[str, Any]:
-    """Device, library versions and machine facts, recorded next to every figure."""
+def environment_info(device: str = "cpu", load_before: tuple[float, ...] | None = None) -> dict[str, Any]:
+    """Device, library versions, machine facts, the commit and the machine's load (``os.getloadavg()`` when the
+    run started, ``load_before``, and now), recorded next to every figure: the machine may be shared."""
+    import os
+
     import numpy as np
     import torch
 
@@ -23,6 +26,10 @@ def environment_info(device: str = "cpu") -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "numpy": np.__version__,
         "device": device,
+        "cpu_count": os.cpu_count(),
+        "loadavg_before": list(load_before) if load_before is not None else None,
+        "loadavg_after": list(os.getloadavg()),
+        "git_commit": git_commit(),
     }
     try:
         import transformers
@@ -126,3 +133,18 @@ def mismatch_exit_code(report: dict[str, Any], reference: str) -> int:
     bad = [r["row"] for r in report["rows"] if not r["identical"]]
     print(f"OUTPUT MISMATCH: {bad} differ from {reference}", file=sys.stderr)
     return 1
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with "+dirty" when files differ from it), recorded next to every figure; None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None

@@ -14,8 +14,15 @@ forward, T_v(n): an n-token verify, T_d(k): drafting k tokens, c = T_d(k) / (k T
     EWIF (classic)       (1 - a^(k+1)) / ((1 - a)(k c + 1))         a verify of k+1 tokens costs one forward
     measured-cost bound  E[tokens](a, k) * T_1 / (T_d(k) + T_v(k+1))  a verify costs what it costs here
 
-each maximised over k. On a CPU a (k+1)-token verify is far from free, so the 85% target is judged against the
-measured-cost bound, on the decode phase (after the first token: neither bound models the prefill). Per-step
+each maximised over k >= 0 (k = 0: do not draft, bound 1; the adaptive policy may choose it). On a CPU a (k+1)-token
+verify is far from free, so the 85% target is judged against the measured-cost bound, read as a throughput:
+``% of cost bound`` = a row's decode-phase tokens/s over max_k E[tokens](a, k) / (T_d(k) + T_v(k+1)), so HF's
+own loop overhead cannot inflate it; the costs are measured again in every repeat round, just before its rows, and
+each run is judged against its own round's costs (a shared machine's load moves between rounds). The decode phase is defined alike for every row: the tokens after the first
+over the time from the first token to the last; every row's first token comes from the prompt's prefill alone
+(our rows run with ``draft_in_prefill=False`` here, so the prefill judges no draft block). Each row reports its
+spread over the repeats (min-max); a row whose *every* run is above its bound is flagged (``above bound``): that
+is a bug in the bound or the bench, not noise. Per-step
 overhead is the engine's own time (everything but target forwards and drafter calls) per step, as a share of T_1.
 
 A second part times the first token of two questions about one clip on a Video-LLaVA target (8 frames,
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import time
@@ -192,20 +200,37 @@ class Costs:
         return statistics.fmean(self.draft_s[k] / k for k in self.draft_s) / self.target_forward_s
 
     def classic_bound(self, acceptance: float, k: int) -> float:
-        """EWIF: a (k+1)-token verify priced as one forward."""
+        """EWIF: a (k+1)-token verify priced as one forward (k = 0, not drafting: 1)."""
         return ewif(acceptance, k, self.cost_ratio)
 
+    def draft_seconds(self, k: int) -> float:
+        """T_d(k); drafting nothing costs nothing."""
+        return 0.0 if k == 0 else self.draft_s[k]
+
     def measured_bound(self, acceptance: float, k: int) -> float:
-        """Speedup over plain decoding with the measured draft and verify costs.
+        """Speedup over plain decoding (one T_1 per token) with the measured draft and verify costs.
 
         >>> Costs({1: 1.0, 3: 1.5}, {2: 0.1}).measured_bound(0.5, 2)  # 1.75 tokens in 1.6 forwards' time
         1.09375
+        >>> Costs({1: 1.0, 3: 1.5}, {2: 0.1}).measured_bound(0.5, 0)  # not drafting: plain decoding
+        1.0
         """
-        return expected_tokens([acceptance] * k) * self.target_forward_s / (self.draft_s[k] + self.verify_s[k + 1])
+        return expected_tokens([acceptance] * k) * self.target_forward_s / (self.draft_seconds(k) + self.verify_s[k + 1])
+
+    def bound_tokens_per_s(self, acceptance: float) -> tuple[int, float]:
+        """``(k, tokens/s)``: the most decode-phase tokens per second any k >= 0 can give at these costs,
+        E[tokens](a, k) / (T_d(k) + T_v(k+1)); a bound on any row's own throughput, whatever its baseline."""
+        k, bound = self.best(self.measured_bound, acceptance)
+        return k, bound / self.target_forward_s
 
     def best(self, bound: Callable[[float, int], float], acceptance: float) -> tuple[int, float]:
-        """``(k, bound)`` maximising ``bound(acceptance, k)`` over the measured k."""
-        return max(((k, bound(acceptance, k)) for k in sorted(self.draft_s)), key=lambda pair: pair[1])
+        """``(k, bound)`` maximising ``bound(acceptance, k)`` over k = 0 (do not draft) and the measured k >= 1.
+
+        >>> Costs({1: 1.0, 2: 1.9, 3: 2.8}, {1: 0.5, 2: 1.0}).best(Costs.measured_bound.__get__(
+        ...     Costs({1: 1.0, 2: 1.9, 3: 2.8}, {1: 0.5, 2: 1.0})), 0.3)  # drafting never pays here
+        (0, 1.0)
+        """
+        return max(((k, bound(acceptance, k)) for k in [0, *sorted(self.draft_s)]), key=lambda pair: pair[1])
 
 
 def _median_times(calls: dict[int, Callable[[], Any]], device: torch.device, repeats: int) -> dict[int, float]:
@@ -258,6 +283,8 @@ class Run:
     wall_s: float
     first_token_s: float
     stats: dict[str, Any] | None = None
+    round: int = 0
+    """Which repeat round it ran in: its bound uses the costs measured in that round."""
 
 
 class _FirstTokenClock:
@@ -317,21 +344,38 @@ def conditional_acceptance(level: dict[str, Any]) -> float:
     return sum(accepted) / sum(judged) if sum(judged) else 0.0
 
 
-def summarise(row: Row, baseline: Row, reference: list[int], costs: Costs, new_tokens: int) -> dict[str, Any]:
-    """Medians of ``row``'s runs, speedups over ``baseline`` (HF plain) and, for oracle rows, the bounds."""
+def decode_tokens_per_s(run: Run, new_tokens: int) -> float:
+    """The decode phase, defined alike for every row: the tokens after the first (``new_tokens - 1``) over the time
+    from the first token to the last. Every row's first token is the prompt's prefill alone (HF's by construction;
+    ours because the bench turns ``draft_in_prefill`` off), so every row's decode phase holds the same tokens."""
+    return (new_tokens - 1) / (run.wall_s - run.first_token_s)
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def summarise(row: Row, baseline: Row, reference: list[int], costs: Costs, new_tokens: int,
+              round_costs: list[Costs] | None = None) -> dict[str, Any]:
+    """Medians of ``row``'s runs (and their min/median/max), speedups over ``baseline`` (HF plain) and, for oracle
+    rows, the bounds: a row whose every run beats its cost bound is a bug, not noise (``above bound``)."""
     def median(values) -> float:
         return statistics.median(values)
 
     wall = median(r.wall_s for r in row.runs)
-    decode = median(r.wall_s - r.first_token_s for r in row.runs)
+    decode_tps = [decode_tokens_per_s(r, new_tokens) for r in row.runs]
     base_wall = median(r.wall_s for r in baseline.runs)
-    base_decode = median(r.wall_s - r.first_token_s for r in baseline.runs)
+    base_decode_tps = median(decode_tokens_per_s(r, new_tokens) for r in baseline.runs)
+    speedups = [tps / base_decode_tps for tps in decode_tps]
     out: dict[str, Any] = {
-        "row": row.name, "a": row.acceptance if row.acceptance is not None else "", "k": row.k or "",
-        "tok/s": new_tokens / wall, "speedup": base_wall / wall, "decode speedup": base_decode / decode,
+        "row": row.name, "a": row.acceptance if row.acceptance is not None else "",
+        "k": "" if row.k is None else row.k,
+        "tok/s": new_tokens / wall, "speedup": base_wall / wall, "decode speedup": median(speedups),
+        "decode speedup spread": _spread(speedups),
+        "decode min-max": f"{min(speedups):.2f}-{max(speedups):.2f}",
         "first token ms": 1e3 * median(r.first_token_s for r in row.runs),
         "identical": all(r.token_ids == reference for r in row.runs),
-        "wall_s": [r.wall_s for r in row.runs], "decode_s": decode,
+        "wall_s": [r.wall_s for r in row.runs], "decode_tokens_per_s": decode_tps,
     }
     stats = [r.stats for r in row.runs if r.stats is not None]
     if stats:
@@ -344,10 +388,20 @@ def summarise(row: Row, baseline: Row, reference: list[int], costs: Costs, new_t
         if stats[0]["levels"]:
             out["acceptance measured"] = median(conditional_acceptance(s["levels"][0]) for s in stats)
     if row.acceptance is not None:
-        _, classic = costs.best(costs.classic_bound, row.acceptance)
-        _, measured = costs.best(costs.measured_bound, row.acceptance)
-        out.update({"EWIF bound": classic, "cost bound": measured, "% of cost bound": 100 * out["decode speedup"] / measured,
-                    "% of EWIF": 100 * out["decode speedup"] / classic})
+        classic_k, classic = costs.best(costs.classic_bound, row.acceptance)
+        bound_k, bound_tps = costs.bound_tokens_per_s(row.acceptance)
+        # each run against the bound of the costs measured in its own round: on a shared machine the load moves
+        # between rounds, and a bound measured at another time would compare a run with another machine
+        bounds = [(round_costs[r.round] if round_costs else costs).bound_tokens_per_s(row.acceptance)[1]
+                  for r in row.runs]
+        percents = [100 * tps / bound for tps, bound in zip(decode_tps, bounds)]
+        out.update({"EWIF bound": classic, "EWIF k": classic_k, "cost bound k": bound_k,
+                    "cost bound": bound_tps / base_decode_tps,  # as a speedup over HF generate's decode phase
+                    "% of cost bound": median(percents), "% of cost bound spread": _spread(percents),
+                    "% of cost bound per run": percents, "bound_tokens_per_s_per_run": bounds,
+                    "% bound min-max": f"{min(percents):.0f}-{max(percents):.0f}",
+                    "above bound": min(percents) > 100.0,
+                    "% of EWIF": 100 * median(decode_tps) * costs.target_forward_s / classic})
     return out
 
 
@@ -418,6 +472,7 @@ def run_benchmark(config: EngineBenchConfig, progress: bool = True) -> dict[str,
 
     if config.threads:
         torch.set_num_threads(config.threads)
+    load_before = os.getloadavg()
     size = SIZES[config.target_size]
     device, dtype = config.device, config.torch_dtype
     torch.manual_seed(config.seed)
@@ -441,7 +496,9 @@ def run_benchmark(config: EngineBenchConfig, progress: bool = True) -> dict[str,
 
     def ours(levels, **option_kwargs) -> Callable[[], Run]:
         decoder = CascadeDecoder(verifier, levels)
-        options = GenerationOptions(max_new_tokens=config.new_tokens, eos_token_ids=(), **option_kwargs)
+        # the first token is the prompt's alone, as HF's: every row's decode phase holds the same tokens
+        options = GenerationOptions(max_new_tokens=config.new_tokens, eos_token_ids=(), draft_in_prefill=False,
+                                    **option_kwargs)
         return lambda: engine_run(decoder, prompt_ids, options)
 
     def oracle(acceptance: float) -> OracleDrafter:
@@ -466,15 +523,22 @@ def run_benchmark(config: EngineBenchConfig, progress: bool = True) -> dict[str,
         for row in rows:  # warm-up: also lets the adaptive policy learn its estimates
             row.run()
             bar.update()
-        for _ in range(config.repeats):  # round-robin, so load from other processes hits every row alike
+        round_costs = []
+        for index in range(config.repeats):  # round-robin, so load from other processes hits every row alike
+            round_costs.append(measure_costs(verifier, ModelDrafter(small, vocab_size=text_vocab), prompt_ids,
+                                             reference_ids, config.k_max, repeats=3))
             for row in rows:
-                row.runs.append(row.run())
+                run = row.run()
+                run.round = index
+                row.runs.append(run)
                 bar.update()
 
-    table = [summarise(row, rows[0], reference, costs, config.new_tokens) for row in rows]
+    table = [summarise(row, rows[0], reference, costs, config.new_tokens, round_costs) for row in rows]
     report: dict[str, Any] = {
-        "config": asdict(config), "sizes": asdict(size), "environment": environment_info(device),
+        "config": asdict(config), "sizes": asdict(size), "environment": environment_info(device, load_before),
+        "regime": "cold: a text-only target keeps no cache between answers; every row prefills the whole prompt",
         "target_params": num_params, "drafter_params": drafter_params,
+        "round_target_forward_ms": [1e3 * c.target_forward_s for c in round_costs],
         "costs": {"target_forward_ms": 1e3 * costs.target_forward_s, "cost_ratio_c": costs.cost_ratio,
                   "verify_ms": {n: 1e3 * s for n, s in costs.verify_s.items()},
                   "draft_ms": {k: 1e3 * s for k, s in costs.draft_s.items()}},
@@ -486,6 +550,9 @@ def run_benchmark(config: EngineBenchConfig, progress: bool = True) -> dict[str,
     oracle_rows = [r for r in table if r["a"] != ""]
     report["targets"] = {
         "min % of cost bound": min((r["% of cost bound"] for r in oracle_rows), default=float("nan")),
+        "min % of cost bound at a >= 0.7": min((r["% of cost bound"] for r in oracle_rows if r["a"] >= 0.7),
+                                               default=float("nan")),
+        "rows above their bound beyond spread": [f"{r['row']} a={r['a']}" for r in oracle_rows if r["above bound"]],
         "max overhead % T1": max((r["overhead % T1"] for r in table if "overhead % T1" in r), default=float("nan")),
     }
     del rows, verifier, target, small  # free the text models before the video one is built (a 7B GPU run)
@@ -497,8 +564,9 @@ def run_benchmark(config: EngineBenchConfig, progress: bool = True) -> dict[str,
     return report
 
 
-TABLE_COLUMNS = ("row", "a", "k", "tok/s", "speedup", "decode speedup", "tau", "EWIF bound", "cost bound",
-                 "% of cost bound", "overhead % T1", "first token ms", "identical")
+TABLE_COLUMNS = ("row", "a", "k", "tok/s", "speedup", "decode speedup", "decode min-max", "tau", "EWIF bound",
+                 "cost bound", "cost bound k", "% of cost bound", "% bound min-max", "overhead % T1", "first token ms",
+                 "identical")
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -509,7 +577,9 @@ def format_report(report: dict[str, Any]) -> str:
              f"T_1 = {costs['target_forward_ms']:.1f} ms, c = {costs['cost_ratio_c']:.3f}, "
              f"T_v(k+1) ms = {', '.join(f'{v:.1f}' for v in costs['verify_ms'].values())}",
              f"outputs identical to HF generate: {report['outputs_identical']}; "
-             f"min % of cost bound {report['targets']['min % of cost bound']:.0f} (target >= 85), "
+             f"min % of cost bound {report['targets']['min % of cost bound']:.0f}, at a >= 0.7 "
+             f"{report['targets']['min % of cost bound at a >= 0.7']:.0f} (target >= 85); rows above their bound "
+             f"beyond their spread: {report['targets']['rows above their bound beyond spread'] or 'none'}; "
              f"max overhead {report['targets']['max overhead % T1']:.2f}% of T_1 (target < 5)"]
     first = report.get("first_token")
     if first:

@@ -516,3 +516,9 @@ class VideoLlavaVerifier(_KVCacheVerifier):
     def cache_stats(self) -> dict[str, dict[str, int]]:
         """Hit/miss counters of the feature and prefix caches (for reports and tests)."""
         return {"features": self.feature_cache.stats(), "prefix": self.prefix_cache.stats()}
+
+    def clear_caches(self) -> None:
+        """Forget every clip's video features and prefix KV cache (the counters keep running): the next request
+        pays the vision tower and the visual prefill again, e.g. a benchmark's cold regime."""
+        self.feature_cache.clear()
+        self.prefix_cache.clear()

@@ -130,6 +130,11 @@ class EventDrafterPrefix:
     def uses_key_frame(self) -> bool:
         return self.refiner is not None
 
+    def clear(self) -> None:
+        """Forget the memoised event tokens, features (key-frame encode included) and prefix: the next request pays
+        the encoders again, e.g. a benchmark's cold regime."""
+        self._memo = self._features_memo = self._prefix_memo = None
+
     def event_tokens(self, events: "Events") -> torch.Tensor:
         """Encoder tokens ``[1, N_tok, D_enc]`` for one window; the last window's result is reused, so L1 and L2
         levels built on one encoder (or a second question on the same clip) encode the events once."""
