@@ -478,35 +478,41 @@ class VideoLlavaVerifier(_KVCacheVerifier):
         clip_key = request.clip_key if request.clip_key is not None else content_key(pixels)
         prefix_length = int(is_video[-1]) + 1  # the shared prefix ends at the last visual token
         prefix_ids, suffix_ids = prompt_ids[:, :prefix_length], prompt_ids[:, prefix_length:]
+        tail = torch.cat([suffix_ids, draft_ids], dim=1)  # [B, s + k]
+        k = draft_ids.shape[1]
 
         prefix_key = (clip_key, content_key(prefix_ids))
         entry = self.prefix_cache.get(prefix_key)
         features = self.video_features(pixels, clip_key) if entry is None else None
         start = time.perf_counter()  # prefill time excludes the vision tower
-        if entry is not None:
+        if entry is None:
+            # a new clip: the whole prompt and draft in one forward, as HF's own prefill is one forward; the cache
+            # becomes the clip's prefix entry (the next request on the clip crops it back to the prefix)
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            video = BaseModelOutputWithPooling(pooler_output=features)  # 5.23's way to pass precomputed features
+            all_logits, self._cache = self._forward(  # [B, 1 + s + k, V]: the prefix's last position, the tail's
+                None, keep=tail.shape[1] + 1, input_ids=torch.cat([prefix_ids, tail], dim=1),
+                mm_encoder_outputs={"video": video}, **self._tree_inputs(prompt_ids.shape[1], parents, 0))
+            self.prefix_cache.put(prefix_key, _PrefixEntry(cache=self._cache, length=prefix_length,
+                                                           last_logits=all_logits[:, 0].clone()))
+            logits = all_logits[:, -(k + 1):]
+        else:
             # the previous request on this clip appended its question and answer: crop back to the prefix
             # (cropping slices views: measured 0.7 ms for a 7B-shaped 2060-position bf16 prefix on this CPU, where
             # deep-copying a pristine copy per request took ~760 ms)
             surplus = entry.cache.get_seq_length() - entry.length
             if surplus:
                 entry.cache.crop(-surplus)
-        else:
-            from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-            video = BaseModelOutputWithPooling(pooler_output=features)  # 5.23's way to pass precomputed features
-            logits, cache = self._forward(None, keep=1, input_ids=prefix_ids, mm_encoder_outputs={"video": video})
-            entry = _PrefixEntry(cache=cache, length=prefix_length, last_logits=logits[:, -1])
-            self.prefix_cache.put(prefix_key, entry)
-        self._cache, self._length = entry.cache, prefix_length
-        logits = entry.last_logits.clone()[:, None]  # [B, 1, V]; a copy: the entry must not change
-        tail = torch.cat([suffix_ids, draft_ids], dim=1)  # [B, s + k]
-        k = draft_ids.shape[1]
-        if tail.shape[1]:
-            # with a suffix its last row judges the draft's first token; without, the prefix's last logits do
-            keep = k + 1 if suffix_ids.shape[1] else k
-            tail_logits, self._cache = self._forward(self._cache, keep=keep, input_ids=tail,  # [B, keep, V]
-                                                     **self._tree_inputs(suffix_ids.shape[1], parents, prefix_length))
-            logits = tail_logits if suffix_ids.shape[1] else torch.cat([logits, tail_logits], dim=1)
+            self._cache = entry.cache
+            logits = entry.last_logits.clone()[:, None]  # [B, 1, V]; a copy: the entry must not change
+            if tail.shape[1]:
+                # with a suffix its last row judges the draft's first token; without, the prefix's last logits do
+                keep = k + 1 if suffix_ids.shape[1] else k
+                tail_logits, self._cache = self._forward(  # [B, keep, V]
+                    self._cache, keep=keep, input_ids=tail,
+                    **self._tree_inputs(suffix_ids.shape[1], parents, prefix_length))
+                logits = tail_logits if suffix_ids.shape[1] else torch.cat([logits, tail_logits], dim=1)
         _sync(self.device)
         self.timings["prefill"] += time.perf_counter() - start
         self._prompt_length = prompt_ids.shape[1]
