@@ -93,10 +93,18 @@ class Answer:
     inputs: dict[str, Any] = field(default_factory=dict)
     token_sources: list[str] = field(default_factory=list)
     """Per token: the level whose draft the target accepted, or "target"."""
+    provisional: Any = None
+    """With ``generate(provisional=...)``: the `evcascade.decoding.provisional.ProvisionalAnswer` delivered first,
+    judged against this answer (``confirmed``, ``first_difference_token`` / ``_char``)."""
+    latency_s: float | None = None
+    """Wall seconds from the ``generate`` call to this answer (inputs, provisional answer and decoding)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "token_ids": list(self.token_ids), "token_sources": list(self.token_sources),
-                "mode": self.mode, "stats": self.stats.to_dict(), "inputs": self.inputs}
+        out = {"text": self.text, "token_ids": list(self.token_ids), "token_sources": list(self.token_sources),
+               "mode": self.mode, "stats": self.stats.to_dict(), "inputs": self.inputs, "latency_s": self.latency_s}
+        if self.provisional is not None:
+            out["provisional"] = self.provisional.to_dict()
+        return out
 
 
 def _weights_missing(what: str, where: str, exc: Exception) -> InputError:
@@ -213,7 +221,7 @@ class Cascade:
     def generate(self, events: Any = None, video: Any = None, prompt: str = DEFAULT_PROMPT, *,
                  start_us: int | None = None, end_us: int | None = None, video_offset_us: int = 0,
                  mode: str = "cascade", allow_pickle: bool = False, on_text=None, clip: Any = None,
-                 **options: Any) -> Answer:
+                 provisional=None, **options: Any) -> Answer:
         """Answer ``prompt`` about a clip.
 
         ``events``: a path, an `Events`, or a structured array (x, y, t, p); ``video``: a path, a `Video`, or
@@ -222,7 +230,15 @@ class Cascade:
         (max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_strings, draft_k, adaptive, and the
         opt-in lossy ``acceptance`` / ``lenience``: lossless unless asked).
         ``on_text(piece)`` is called with each new piece of the answer's text.
+        ``provisional(answer)``: called first with the best drafting level's own greedy answer
+        (`evcascade.decoding.provisional.ProvisionalAnswer`, unverified, with its latency), on the decoding thread
+        (keep it short); the returned `Answer` carries it judged against the verified answer (``.provisional``).
         """
+        import time
+
+        started_s = time.perf_counter()
+        if provisional is not None and not callable(provisional):
+            raise InputError(f"provisional must be a callable taking the provisional answer, got {provisional!r}")
         from evcascade.clip import load_clip
         from evcascade.decoding.drafters import DraftContext
         from evcascade.decoding.engine import GenerationOptions
@@ -256,13 +272,29 @@ class Cascade:
             self._add_agreement(context, pixels)
         decoder = self.decoder if mode == "cascade" else self.target_decoder
         on_tokens = _TextStreamer(self.tokenizer, on_text) if on_text is not None else None
+        early = None
         with self._lock:  # one request at a time per verifier (its KV cache is the request's state)
+            if provisional is not None:
+                early = self._provisional(context, gen, started_s)
+                provisional(early)
             result = decoder.generate(request, context, gen, on_tokens=on_tokens)
         inputs = {"window_us": [clip.start_us, clip.end_us], "num_events": len(clip.events),
                   "num_frames": len(clip.video), "events": clip.events_path, "video": clip.video_path,
                   "prompt": prompt}
-        return Answer(result.text or "", result.token_ids[0].tolist(), result.stats, mode, inputs,
-                      result.token_sources)
+        ids = result.token_ids[0].tolist()
+        return Answer(result.text or "", ids, result.stats, mode, inputs, result.token_sources,
+                      provisional=early.judged(ids, result.text or "") if early is not None else None,
+                      latency_s=time.perf_counter() - started_s)
+
+    def _provisional(self, context, gen, started_s: float):
+        """The best drafting level's greedy answer under ``gen``'s stop criteria (``decoding/provisional.py``)."""
+        from evcascade.decoding.provisional import provisional_level, timed_draft_answer
+        from evcascade.decoding.stopping import StopChecker
+
+        eos = gen.eos_token_ids if gen.eos_token_ids is not None else self.verifier.eos_token_ids
+        stopper = StopChecker(eos_token_ids=eos, max_new_tokens=gen.max_new_tokens, stop_strings=gen.stop_strings,
+                              tokenizer=gen.tokenizer)
+        return timed_draft_answer(provisional_level(self.levels), context, stopper, self.tokenizer, started_s=started_s)
 
     def _add_agreement(self, context, pixels: torch.Tensor) -> None:
         """Put the clip's event/video agreement map (computed once per clip) where the modality rule reads it."""

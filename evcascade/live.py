@@ -13,10 +13,11 @@ reuses the target's cached video features and visual prefix.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -105,18 +106,51 @@ class LiveSession:
         events = self.events.window(end_us - self.event_window_us, end_us)
         return LiveSnapshot(events, video, start_us, end_us)
 
-    def ask(self, prompt: str, **options: Any):
+    def ask(self, prompt: str, *, provisional: Any = None, **options: Any):
         """Answer ``prompt`` about the newest window; returns an `evcascade.cascade.Answer`.
 
         ``options`` are the cascade's generation options (max_new_tokens, do_sample, ...). Producers keep
         pushing while this decodes; concurrent ``ask`` calls are served one at a time.
+        ``provisional=True``: returns an iterator instead, whose first item is the best drafting level's own
+        answer (`evcascade.decoding.provisional.ProvisionalAnswer`, unverified, with its latency) and whose second
+        is the verified `Answer` (decoded on a worker thread meanwhile; ``.provisional`` says whether it
+        confirmed the first and where they differ). ``provisional=callable``: called with it first.
         """
         snap = self.snapshot()
         clip = Clip(snap.events, snap.video, snap.start_us, snap.end_us, snap.end_us - self.event_window_us)
-        return self.cascade.generate(prompt=prompt, clip=clip, **options)
+        if provisional is True:
+            return _provisional_then_verified(self.cascade, prompt, clip, options)
+        if provisional is False:
+            provisional = None
+        return self.cascade.generate(prompt=prompt, clip=clip, provisional=provisional, **options)
 
     def memory_bytes(self) -> int:
         """Bytes held by the two rings (constant for events; at most max_frames frames)."""
         with self._frames_lock:
             frame_bytes = sum(f.nbytes for _, f in self._frames)
         return self.events.nbytes + frame_bytes
+
+
+def _provisional_then_verified(cascade, prompt: str, clip: Clip, options: dict) -> Iterator[Any]:
+    """Decode on a worker thread; yield the provisional answer as soon as it exists, then the verified one
+    (an error on the worker is raised here, in the asking thread)."""
+    items: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+
+    def work() -> None:
+        try:
+            items.put(("answer", cascade.generate(prompt=prompt, clip=clip,
+                                                  provisional=lambda early: items.put(("answer", early)), **options)))
+        except BaseException as exc:  # handed to the asking thread
+            items.put(("error", exc))
+
+    # started before the caller iterates: the provisional answer does not wait for the caller's first next()
+    threading.Thread(target=work, daemon=True, name="evcascade-provisional").start()
+
+    def answers() -> Iterator[Any]:
+        for _ in range(2):
+            kind, value = items.get()
+            if kind == "error":
+                raise value
+            yield value
+
+    return answers()

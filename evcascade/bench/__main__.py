@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "engine": "evcascade.bench.engine",
     "lossy": "evcascade.bench.lossy",
     "demo": "evcascade.bench.demo",
+    "provisional": "evcascade.bench.provisional",
 }
 
 
