@@ -239,37 +239,15 @@ class Cascade:
         started_s = time.perf_counter()
         if provisional is not None and not callable(provisional):
             raise InputError(f"provisional must be a callable taking the provisional answer, got {provisional!r}")
-        from evcascade.clip import load_clip
-        from evcascade.decoding.drafters import DraftContext
-        from evcascade.decoding.engine import GenerationOptions
-        from evcascade.decoding.verifier import VerifyRequest
-
         if mode not in ("cascade", "target"):
             raise InputError(f"mode must be 'cascade' or 'target', got {mode!r}")
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(f"prompt must be a non-empty question, got {prompt!r}")
-        if clip is None:
-            if video is None:
-                raise InputError("video is required: Video-LLaVA answers from the clip's frames")
-            events_in, video_in = _as_events(events), _as_video(video, events)
-            if events_in is None:
-                raise InputError("events are required (a path, an Events, or a structured array)")
-            clip = load_clip(events_in, video_in, start_us=start_us, end_us=end_us, video_offset_us=video_offset_us,
-                             num_frames=self.num_frames, allow_pickle=allow_pickle)
-        elif len(clip.video) != self.num_frames:
-            raise InputError(f"the clip has {len(clip.video)} frames but this target takes {self.num_frames}")
-        merged = {**self.generation_defaults, **options}
-        try:
-            gen = GenerationOptions(tokenizer=self.tokenizer, **merged)
-        except TypeError as exc:
-            raise InputError(f"unknown generation option: {exc}") from None
-        built = self.prompter(prompt)
-        self.prompter.check_fits(built, gen.max_new_tokens)
-        pixels = self.verifier.pixel_values(clip.video.frames)  # [1, T, 3, S, S]
-        request = VerifyRequest(built.target_ids, pixels)
-        context = DraftContext(built.text_ids, events=clip.events, video=clip.video)
+        clip = self._clip(events, video, clip, start_us=start_us, end_us=end_us, video_offset_us=video_offset_us,
+                          allow_pickle=allow_pickle)
+        request, context, gen = self._request(prompt, clip, options)
         if gen.acceptance == "modality":
-            self._add_agreement(context, pixels)
+            self._add_agreement(context, request.pixel_values_videos)
         decoder = self.decoder if mode == "cascade" else self.target_decoder
         on_tokens = _TextStreamer(self.tokenizer, on_text) if on_text is not None else None
         early = None
@@ -285,6 +263,103 @@ class Cascade:
         return Answer(result.text or "", ids, result.stats, mode, inputs, result.token_sources,
                       provisional=early.judged(ids, result.text or "") if early is not None else None,
                       latency_s=time.perf_counter() - started_s)
+
+    def _clip(self, events: Any, video: Any, clip: Any, **window: Any):
+        """The request's `Clip`: ``clip`` checked, or loaded from ``events`` / ``video`` and the window arguments."""
+        from evcascade.clip import load_clip
+
+        if clip is not None:
+            if len(clip.video) != self.num_frames:
+                raise InputError(f"the clip has {len(clip.video)} frames but this target takes {self.num_frames}")
+            return clip
+        if video is None:
+            raise InputError("video is required: Video-LLaVA answers from the clip's frames")
+        events_in, video_in = _as_events(events), _as_video(video, events)
+        if events_in is None:
+            raise InputError("events are required (a path, an Events, or a structured array)")
+        return load_clip(events_in, video_in, num_frames=self.num_frames, **window)
+
+    def _request(self, prompt: str, clip: Any, options: dict[str, Any]):
+        """The verifier's request, the drafters' context and the generation options of one question on ``clip``."""
+        from evcascade.decoding.drafters import DraftContext
+        from evcascade.decoding.engine import GenerationOptions
+        from evcascade.decoding.verifier import VerifyRequest
+
+        merged = {**self.generation_defaults, **options}
+        try:
+            gen = GenerationOptions(tokenizer=self.tokenizer, **merged)
+        except TypeError as exc:
+            raise InputError(f"unknown generation option: {exc}") from None
+        built = self.prompter(prompt)
+        self.prompter.check_fits(built, gen.max_new_tokens)
+        pixels = self.verifier.pixel_values(clip.video.frames)  # [1, T, 3, S, S]
+        return VerifyRequest(built.target_ids, pixels), DraftContext(built.text_ids, events=clip.events,
+                                                                      video=clip.video), gen
+
+    def generate_batch(self, requests: Sequence[dict[str, Any]], *, mode: str = "cascade",
+                       **options: Any) -> list[Answer]:
+        """Answer several questions together: one target forward verifies every request's drafts per step
+        (``decoding/batch.py``); each answer equals its own ``generate`` answer (greedy, or coupled sampling with
+        its own seed). ``requests``: dicts with ``prompt`` and ``clip`` (or ``events`` / ``video`` and the window
+        arguments) and any per-request generation options; ``options`` apply to all."""
+        from evcascade.decoding.batch import BatchDecoder
+
+        if mode not in ("cascade", "target"):
+            raise InputError(f"mode must be 'cascade' or 'target', got {mode!r}")
+        items = [self._batch_item(request, options, index) for index, request in enumerate(requests)]
+        decoder = BatchDecoder(self.verifier, self.levels if mode == "cascade" else [], lock=self._lock,
+                               pad_token_id=self._pad_token_id())
+        return [self._batch_answer(result, items[i], mode) for i, result in enumerate(decoder.run(items))]
+
+    def submit(self, prompt: str, clip: Any, **options: Any):
+        """Queue one question for the cascade's batch scheduler (started on first use; requests from any
+        thread join the running batch between steps); a `concurrent.futures.Future` of its `Answer`."""
+        from concurrent.futures import Future
+
+        from evcascade.decoding.batch import BatchDecoder, BatchScheduler
+
+        with self._lock:
+            if getattr(self, "_scheduler", None) is None:
+                # the scheduler's prefills use the verifier's batch-1 state: they wait for generate()'s requests
+                decoder = BatchDecoder(self.verifier, self.levels, lock=self._lock, pad_token_id=self._pad_token_id())
+                self._scheduler = BatchScheduler(decoder, max_batch=int(self.generation_defaults.get("max_batch", 8)))
+        item = self._batch_item({"prompt": prompt, "clip": clip, **options}, {}, None)
+        answer: Future = Future()
+
+        def done(future) -> None:
+            error = future.exception()
+            if error is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result(self._batch_answer(future.result(), item, "cascade"))
+
+        self._scheduler.submit(item).add_done_callback(done)
+        return answer
+
+    def _batch_item(self, request: dict[str, Any], options: dict[str, Any], tag: Any):
+        from evcascade.decoding.batch import BatchRequest
+
+        if not isinstance(request, dict) or "prompt" not in request:
+            raise InputError(f"each batch request must be a dict with a 'prompt' (and a 'clip' or events/video), "
+                             f"got {request!r}")
+        request = dict(request)
+        prompt = request.pop("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError(f"prompt must be a non-empty question, got {prompt!r}")
+        window = {k: request.pop(k) for k in ("start_us", "end_us", "video_offset_us", "allow_pickle") if k in request}
+        clip = self._clip(request.pop("events", None), request.pop("video", None), request.pop("clip", None), **window)
+        target, context, gen = self._request(prompt, clip, {**options, **request})
+        inputs = {"window_us": [clip.start_us, clip.end_us], "num_events": len(clip.events),
+                  "num_frames": len(clip.video), "events": clip.events_path, "video": clip.video_path, "prompt": prompt}
+        return BatchRequest(target, context, gen, tag, inputs)
+
+    def _batch_answer(self, result, item, mode: str) -> Answer:
+        return Answer(result.text or "", result.token_ids, result.stats, mode, item.inputs,
+                      latency_s=result.stats.total_s)
+
+    def _pad_token_id(self) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        return int(pad) if pad is not None else 0
 
     def _provisional(self, context, gen, started_s: float):
         """The best drafting level's greedy answer under ``gen``'s stop criteria (``decoding/provisional.py``)."""
