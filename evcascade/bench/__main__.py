@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "lossy": "evcascade.bench.lossy",
     "demo": "evcascade.bench.demo",
     "provisional": "evcascade.bench.provisional",
+    "batch": "evcascade.bench.batch",
 }
 
 

@@ -1,9 +1,12 @@
 """Batched verification: one target forward verifies the drafts of several requests (B > 1), continuously.
 
 ``BatchDecoder`` holds any number of requests ("rows"); each keeps its own answer so far, stop state, drafter
-(a per-request copy of the cascade's top model level) and KV-cache row. A request joins with its own batch-1
-prefill (which judges its first draft block, as the engine's ``draft_in_prefill`` does, and reuses the verifier's
-per-clip video features and visual-prefix KV), then rides along in ``step()``:
+(a per-request copy of the cascade's top model level) and KV-cache row. A video request joins with its clip's
+visual prefix only (the verifier's per-clip video features and prefix KV, computed once per clip and reused by
+every question about it); its question tokens and its first draft block are fed in its first batched step, so
+joining costs no forward of its own once the clip is cached. (A text-only request is prefilled whole at batch 1,
+judging its first draft block there, as the engine's ``draft_in_prefill`` does.) Then it rides along in
+``step()``:
 
     draft   row b: its level proposes k_b tokens after its answer so far      (k_b <= draft_k, ragged)
     verify  ONE forward over [pending_b, drafts_b] for every row               [B, N, V], N = max(1 + k_b);
@@ -58,6 +61,8 @@ class BatchRequest:
     tag: Any = None
     inputs: dict = field(default_factory=dict)
     """What the caller keeps about the request (e.g. its window), untouched by the decoder."""
+    drafter: Drafter | None = None
+    """This request's own drafter (used as is, not copied); None: a copy of the decoder's top model level."""
 
 
 @dataclass
@@ -85,6 +90,11 @@ class _Row:
     generated: torch.LongTensor  # [1, n] the answer so far; the last token is pending (not in the cache)
     cached: int = 0  # real positions of this row in the batch cache (prompt + generated[:-1])
     stop: tuple[int, str] | None = None
+    unfed: list[int] = field(default_factory=list)
+    """Prompt tokens not yet in the cache, fed in the row's first batched step (a request that joined with only
+    its clip's shared visual prefix cached: its question is prefilled inside the batch). The last one is the
+    row's pending token until the answer has one."""
+    first_token_pending: bool = False
 
 
 class KVBatch:
@@ -210,7 +220,9 @@ class BatchDecoder:
         if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.ndim != 2 or prompt_ids.shape[0] != 1 \
                 or prompt_ids.shape[1] == 0:
             raise InputError(f"each request's prompt_ids must be [1, L >= 1], got {getattr(prompt_ids, 'shape', prompt_ids)}")
-        level = drafting_copy(self.levels) if options.draft_k else None
+        level = None
+        if options.draft_k:
+            level = item.drafter if item.drafter is not None else drafting_copy(self.levels)
         params = options.sampling_params()
         seed = options.seed if options.seed is not None else torch.Generator().seed()
         noise = PositionNoise(seed, self.verifier.vocab_size) if params.do_sample else None
@@ -221,9 +233,24 @@ class BatchDecoder:
         stopper = StopChecker(eos_token_ids=eos, max_new_tokens=options.max_new_tokens,
                               stop_strings=options.stop_strings, tokenizer=options.tokenizer)
         row = _Row(item, level, stopper, noise, stats, started, prompt_ids, prompt_ids[:, :0])
-        drafts = prompt_ids.new_zeros(1, 0)
         if level is not None:
             level.begin(item.context if noise is None else _with_noise(item.context, noise), sampling=params)
+        prefix_length = self._shared_prefix_length(item.request)
+        if prefix_length is not None:  # the question joins the batch: only the clip's visual prefix is prefilled
+            prefix = VerifyRequest(prompt_ids[:, :prefix_length], item.request.pixel_values_videos,
+                                   item.request.clip_key)
+            with self.lock:
+                misses = self.verifier.prefix_cache.misses
+                self.verifier.prefill(prefix)  # from the verifier's prefix cache when the clip was seen
+                stats.target_forwards += self.verifier.prefix_cache.misses - misses  # a prefix forward ran
+                layers = [(k.clone(), v.clone()) for k, v in self.verifier.cache_tensors()]
+            stats.vision_s, stats.prefill_s = self.verifier.timings["vision"], self.verifier.timings["prefill"]
+            row.cached, row.unfed, row.first_token_pending = prefix_length, prompt_ids[0, prefix_length:].tolist(), True
+            self.rows.append(row)
+            self.kv.add_row(layers)
+            return None
+        drafts = prompt_ids.new_zeros(1, 0)
+        if level is not None:
             room = min(options.draft_k, options.max_new_tokens - 1)
             if room > 0 and self.verifier.drafts_in_prefill:
                 drafts = self._propose(row, room)
@@ -243,6 +270,17 @@ class BatchDecoder:
         self.rows.append(row)
         self.kv.add_row(layers)
         return None
+
+    def _shared_prefix_length(self, request: VerifyRequest) -> int | None:
+        """Where a video request's shared visual prefix ends (after its last ``<video>`` token), when a question
+        follows it; None for requests prefilled whole at batch 1 (text-only verifiers, prompts ending at the video)."""
+        video_token_id = getattr(self.verifier, "video_token_id", None)
+        if video_token_id is None or request.pixel_values_videos is None:
+            return None
+        is_video = (request.prompt_ids[0] == video_token_id).nonzero().flatten()
+        if not is_video.numel() or int(is_video[-1]) + 1 >= request.prompt_ids.shape[1]:
+            return None
+        return int(is_video[-1]) + 1
 
     def _finish(self, row: _Row) -> BatchResult:
         if row.level is not None:
@@ -268,7 +306,8 @@ class BatchDecoder:
             options = row.item.options
             room = min(options.draft_k, options.max_new_tokens - row.generated.shape[1] - 1)
             drafts = self._propose(row, room).tolist()[0] if row.level is not None and room > 0 else []
-            blocks.append([int(row.generated[0, -1])] + drafts)
+            head = row.unfed if row.unfed else [int(row.generated[0, -1])]  # the question, or the pending token
+            blocks.append(head + drafts)
         width = max(len(block) for block in blocks)
         input_ids = torch.full((len(blocks), width), self.pad_token_id, dtype=torch.long, device=device)  # [B, N]
         new_mask = torch.zeros(len(blocks), width, dtype=torch.bool, device=device)  # [B, N]
@@ -285,14 +324,19 @@ class BatchDecoder:
         self.kv.layers, self.kv.mask = layers, torch.cat([self.kv.mask, new_mask], dim=1)
         drops, finished, keep = [], [], []
         for b, (row, block) in enumerate(zip(self.rows, blocks)):
-            drafts = block[1:]
-            accepted, next_token = self._accept(row, drafts, logits[b, : len(block)], row.generated.shape[1])
-            drops.append(width - 1 - accepted)
-            row.cached += 1 + accepted
+            head = max(1, len(row.unfed))  # row head - 1 judges the first draft
+            drafts = block[head:]
+            accepted, next_token = self._accept(row, drafts, logits[b, head - 1: len(block)], row.generated.shape[1])
+            drops.append(width - head - accepted)
+            row.cached += head + accepted
+            row.unfed = []
             row.stats.target_forwards += 1
             row.stats.steps += 1
             row.stats.verify_s += verify_s
             self._commit(row, drafts[:accepted], next_token, len(drafts))
+            if row.first_token_pending:
+                row.first_token_pending = False
+                row.stats.time_to_first_token_s = time.perf_counter() - row.started_s
             (finished if row.stop is not None else keep).append(b)
         self.kv.cut_tails(drops)
         results = [self._finish(self.rows[b]) for b in finished]
@@ -305,7 +349,7 @@ class BatchDecoder:
         """All ``items`` together to the end; results in the items' order."""
         results: dict[int, BatchResult] = {}
         for index, item in enumerate(items):
-            tagged = BatchRequest(item.request, item.context, item.options, index, item.inputs)
+            tagged = BatchRequest(item.request, item.context, item.options, index, item.inputs, item.drafter)
             done = self.add(tagged)
             if done is not None:
                 results[index] = done
@@ -427,7 +471,7 @@ class BatchScheduler:
                 self._futures[key] = future
                 try:
                     done = decoder.add(BatchRequest(item.request, item.context, item.options, (key, item.tag),
-                                                    item.inputs))
+                                                    item.inputs, item.drafter))
                 except BaseException as exc:  # this request's own error (bad input, its prefill)
                     self._futures.pop(key)
                     future.set_exception(exc)
