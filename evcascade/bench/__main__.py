@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "demo": "evcascade.bench.demo",
     "provisional": "evcascade.bench.provisional",
     "batch": "evcascade.bench.batch",
+    "soak": "evcascade.bench.soak",
 }
 
 
