@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -149,6 +150,9 @@ class Cascade:
         tokens_per_frame = (vision.image_size // vision.patch_size) ** 2 + 1
         self.num_frames = int(verifier.model.config.video_seq_length // tokens_per_frame)
         self._lock = threading.Lock()
+        self._scheduler = None  # the batch scheduler behind submit(), made on first use
+        self.max_batch = 8  # most requests the scheduler verifies in one forward (set before the first submit)
+        self._scheduler_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -234,8 +238,6 @@ class Cascade:
         (`evcascade.decoding.provisional.ProvisionalAnswer`, unverified, with its latency), on the decoding thread
         (keep it short); the returned `Answer` carries it judged against the verified answer (``.provisional``).
         """
-        import time
-
         started_s = time.perf_counter()
         if provisional is not None and not callable(provisional):
             raise InputError(f"provisional must be a callable taking the provisional answer, got {provisional!r}")
@@ -318,11 +320,11 @@ class Cascade:
 
         from evcascade.decoding.batch import BatchDecoder, BatchScheduler
 
-        with self._lock:
-            if getattr(self, "_scheduler", None) is None:
+        with self._scheduler_lock:
+            if self._scheduler is None:
                 # the scheduler's prefills use the verifier's batch-1 state: they wait for generate()'s requests
                 decoder = BatchDecoder(self.verifier, self.levels, lock=self._lock, pad_token_id=self._pad_token_id())
-                self._scheduler = BatchScheduler(decoder, max_batch=int(self.generation_defaults.get("max_batch", 8)))
+                self._scheduler = BatchScheduler(decoder, max_batch=self.max_batch)
         item = self._batch_item({"prompt": prompt, "clip": clip, **options}, {}, None)
         answer: Future = Future()
 
