@@ -32,6 +32,7 @@ which serving engines such as vLLM provide; see the README's scale-out plan).
 
 from __future__ import annotations
 
+import collections
 import copy
 import queue
 import threading
@@ -426,8 +427,8 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
-        self.batch_sizes: list[int] = []
-        """Rows per batched step (for reports)."""
+        self.batch_sizes: collections.Counter = collections.Counter()
+        """How many batched steps ran with each number of rows (a counter: bounded however long the service runs)."""
 
     def submit(self, item: BatchRequest) -> Future:
         """Queue ``item``; the future resolves to its ``BatchResult`` (``tag`` is the caller's)."""
@@ -480,7 +481,7 @@ class BatchScheduler:
                     self._resolve(done)
             if not decoder.rows:
                 continue
-            self.batch_sizes.append(len(decoder.rows))
+            self.batch_sizes[len(decoder.rows)] += 1
             try:
                 results = decoder.step()
             except BaseException as exc:  # a failed batched forward: every request in it hears why
