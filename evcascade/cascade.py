@@ -318,7 +318,8 @@ class Cascade:
         thread join the running batch between steps); a `concurrent.futures.Future` of its `Answer`."""
         from concurrent.futures import Future
 
-        from evcascade.decoding.batch import BatchDecoder, BatchScheduler
+        from evcascade.decoding.batch import BatchDecoder
+        from evcascade.decoding.scheduler import BatchScheduler
 
         with self._scheduler_lock:
             if self._scheduler is None:

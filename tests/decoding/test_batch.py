@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from evcascade import InputError, load_clip
-from evcascade.decoding.batch import BatchDecoder, BatchRequest, BatchScheduler, KVBatch
+from evcascade.decoding.batch import BatchDecoder, BatchRequest, KVBatch
+from evcascade.decoding.scheduler import BatchScheduler
 from evcascade.decoding.drafters import Draft, DraftContext, Drafter
 from evcascade.decoding.engine import CascadeDecoder, GenerationOptions
 from evcascade.decoding.model_drafter import ModelDrafter
