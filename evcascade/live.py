@@ -128,7 +128,7 @@ class LiveSession:
         snap = self.snapshot()
         clip = Clip(snap.events, snap.video, snap.start_us, snap.end_us, snap.end_us - self.event_window_us)
         if provisional is True:
-            return _provisional_then_verified(self.cascade, prompt, clip, options)
+            return _provisional_then_verified(self.cascade, prompt, clip, options, timeout_s)
         if provisional is False:
             provisional = None
         if self.batched:
@@ -154,9 +154,10 @@ class LiveSession:
         return self.events.nbytes + frame_bytes
 
 
-def _provisional_then_verified(cascade, prompt: str, clip: Clip, options: dict) -> Iterator[Any]:
+def _provisional_then_verified(cascade, prompt: str, clip: Clip, options: dict,
+                               timeout_s: float | None = None) -> Iterator[Any]:
     """Decode on a worker thread; yield the provisional answer as soon as it exists, then the verified one
-    (an error on the worker is raised here, in the asking thread)."""
+    (an error on the worker is raised here, in the asking thread; each item waits at most ``timeout_s``)."""
     items: "queue.Queue[tuple[str, Any]]" = queue.Queue()
 
     def work() -> None:
@@ -171,7 +172,11 @@ def _provisional_then_verified(cascade, prompt: str, clip: Clip, options: dict) 
 
     def answers() -> Iterator[Any]:
         for _ in range(2):
-            kind, value = items.get()
+            try:
+                kind, value = items.get(timeout=timeout_s)
+            except queue.Empty:
+                raise TimeoutError(f"no answer to {prompt!r} within timeout_s={timeout_s} s (the decoder is busy "
+                                   f"or stuck; the request still runs in the background)") from None
             if kind == "error":
                 raise value
             yield value

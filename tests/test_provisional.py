@@ -135,3 +135,17 @@ def test_cli_provisional_prints_it_first_and_the_verdict(cascade, tmp_path, caps
     result = json.loads(capsys.readouterr().out)
     assert result["provisional"]["provisional"] is True and result["provisional"]["level"] == "events+frame"
     assert result["provisional"]["confirmed"] == (result["provisional"]["token_ids"] == result["token_ids"])
+
+
+def test_ask_times_out_with_a_clear_error_instead_of_hanging(cascade):
+    session = LiveSession(cascade, (32, 24), event_window_us=100_000, video_window_us=400_000)
+    rng = np.random.default_rng(2)
+    for i in range(8):
+        session.push_frame(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), timestamp_us=i * 50_000)
+    with cascade._lock:  # another request holds the verifier
+        with pytest.raises(TimeoutError, match="within timeout_s=0.3"):
+            session.ask("what is moving ?", max_new_tokens=3, timeout_s=0.3)
+        with pytest.raises(TimeoutError, match="within timeout_s=0.3"):
+            next(iter(session.ask("what is moving ?", max_new_tokens=3, provisional=True, timeout_s=0.3)))
+    # the verifier free again, the same ask answers
+    assert len(session.ask("what is moving ?", max_new_tokens=3, timeout_s=60).token_ids) == 3
