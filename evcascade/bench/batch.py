@@ -15,6 +15,8 @@ kind "cost-twin" (``bench/demo.py``'s untrained, realistically sized twin of the
     twin: cascade replayed batched   each row's real accept/reject pattern replayed (``bench/replay.py``), the
                                      real level drafting alongside to pay its cost
     twin: target-only batched, twin: HF generate batched
+    twin: cascade replayed, continuous   (warm) every question submitted at once to a ``BatchScheduler`` of B
+                                     rows, which refills rows as answers finish; latency includes queueing
 
 Every answer is checked equal to its batch-1 reference (the real target's own greedy answer from our batch-1
 loop; the twin's likewise); HF's batched rows are checked too. Per row: throughput (answer tokens / wall seconds
@@ -142,6 +144,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
     from evcascade.clip import load_clip
     from evcascade.data.world import make_world_sample, scene_seeds
     from evcascade.decoding.batch import BatchDecoder, BatchRequest, drafting_copy
+    from evcascade.decoding.scheduler import BatchScheduler
     from evcascade.decoding.drafters import DraftContext
     from evcascade.decoding.engine import CascadeDecoder, GenerationOptions
     from evcascade.decoding.verifier import VerifyRequest, VideoLlavaVerifier
@@ -207,6 +210,29 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
                              level=copy.copy(level), level_context=context, level_answer=q["reference"],
                              name=level.name)
 
+    def twin_options(q, k=draft_k):
+        return GenerationOptions(max_new_tokens=q["twin_length"], draft_k=k, eos_token_ids=())
+
+    def continuous(batch_size: int):
+        """Every question submitted at once to a scheduler of ``batch_size`` rows (warm): rows are refilled as
+        answers finish. Latency counts from the submission (queueing included)."""
+        ours(twin_verifier, [], items, lambda q: replace(twin_options(q), max_new_tokens=1), replay_drafter,
+             cold=False, prime=False)
+        scheduler = BatchScheduler(BatchDecoder(twin_verifier, [], pad_token_id=pad), max_batch=batch_size)
+        done_at: dict[int, float] = {}
+        started = time.perf_counter()
+        futures = []
+        for index, q in enumerate(items):
+            future = scheduler.submit(BatchRequest(VerifyRequest(q["target_ids"], q["pixels"]), q["context"],
+                                                   twin_options(q), index, drafter=replay_drafter(q, q["context"])))
+            future.add_done_callback(lambda _, index=index: done_at.__setitem__(index, time.perf_counter()))
+            futures.append(future)
+        results = [future.result() for future in futures]
+        wall_s = time.perf_counter() - started
+        scheduler.close()
+        return ([r.token_ids for r in results], wall_s, [done_at[i] - started for i in range(len(items))],
+                sum(r.stats.target_forwards for r in results))
+
     rows: list[dict[str, Any]] = []
     warm_up = items[: max(batch_sizes)]  # untimed: lazy initialisation is no row's cost
     ours(verifier, cascade.levels, warm_up, lambda q: options)
@@ -235,10 +261,6 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
                 totals["HF generate batched"].add_group(answers, references, wall_s, [wall_s] * len(group), None)
             if twin:
                 twin_refs = [q["twin_reference"] for q in group]
-
-                def twin_options(q, k=draft_k):
-                    return GenerationOptions(max_new_tokens=q["twin_length"], draft_k=k, eos_token_ids=())
-
                 record("twin: cascade replayed batched",
                        ours(twin_verifier, [], group, twin_options, drafter_of=replay_drafter, cold=cold), twin_refs)
                 record("twin: target-only batched",
@@ -247,6 +269,10 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
                     answers, wall_s = _hf_batched(twin_model, group, [q["twin_length"] for q in group], pad, ())
                     totals["twin: HF generate batched"].add_group(answers, twin_refs, wall_s, [wall_s] * len(group),
                                                                   None)
+        if twin and not cold:
+            name = "twin: cascade replayed, continuous"
+            totals[name] = Totals(name, TWIN, batch_size, regime)
+            record(name, continuous(batch_size), [q["twin_reference"] for q in items])
         rows += [t.row() for t in totals.values()]
 
     ceiling = {}
@@ -255,9 +281,9 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
         for batch_size in batch_sizes:
             cost_s = _verify_cost_s(twin_model, batch_size, context_length, draft_k + 1)
             for row in rows:
-                if row["B"] == batch_size and row["row"] == "twin: cascade replayed batched":
+                if row["B"] == batch_size and row["row"].startswith("twin: cascade replayed"):
                     bound = batch_size * (row["tau"] or 1.0) / cost_s
-                    ceiling[f"{row['regime']} B={batch_size}"] = {
+                    ceiling[f"{row['row']}, {row['regime']} B={batch_size}"] = {
                         "verify_ms": 1e3 * cost_s, "tau": row["tau"], "ceiling_tokens_per_s": bound,
                         "share_of_ceiling": row["tokens_per_s"] / bound}
                     row["share_of_ceiling"] = row["tokens_per_s"] / bound
