@@ -111,9 +111,12 @@ class Totals:
         self.name, self.kind, self.batch_size, self.regime = name, kind, batch_size, regime
         self.tokens, self.seconds, self.latencies, self.forwards = 0, 0.0, [], 0
         self.identical, self.mismatches = True, []
+        self.timings: dict[str, float] = {}
 
     def add_group(self, answers: list[list[int]], references: list[list[int]], wall_s: float,
-                  latencies: list[float], forwards: int | None) -> None:
+                  latencies: list[float], forwards: int | None, timings: dict[str, float] | None = None) -> None:
+        for key, seconds in (timings or {}).items():
+            self.timings[key] = self.timings.get(key, 0.0) + seconds
         self.tokens += sum(len(a) for a in answers)
         self.seconds += wall_s
         self.latencies += latencies
@@ -131,7 +134,9 @@ class Totals:
                 "latency_ms": 1e3 * statistics.fmean(ordered) if ordered else None,
                 "latency_p90_ms": 1e3 * ordered[int(0.9 * (len(ordered) - 1))] if ordered else None,
                 "tau": self.tokens / self.forwards if self.forwards else None,
-                "identical": self.identical, "mismatches": self.mismatches[:3]}
+                "identical": self.identical, "mismatches": self.mismatches[:3],
+                # where our rows' wall time went: batched verify forwards, drafting, batch-1 prefills
+                **{f"{key}_share": seconds / self.seconds for key, seconds in self.timings.items() if self.seconds}}
 
 
 def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None = None, max_new_tokens: int = 48,
@@ -203,7 +208,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
         results = decoder.run(batch)
         wall_s = time.perf_counter() - started
         return ([r.token_ids for r in results], wall_s, [r.stats.total_s for r in results],
-                sum(r.stats.target_forwards for r in results))
+                sum(r.stats.target_forwards for r in results), decoder.timings)
 
     def replay_drafter(q, context):
         return ReplayDrafter(None, torch.tensor([q["twin_reference"]]), vocab_size=vocab_size,
@@ -231,7 +236,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
         wall_s = time.perf_counter() - started
         scheduler.close()
         return ([r.token_ids for r in results], wall_s, [done_at[i] - started for i in range(len(items))],
-                sum(r.stats.target_forwards for r in results))
+                sum(r.stats.target_forwards for r in results), scheduler.decoder.timings)
 
     rows: list[dict[str, Any]] = []
     warm_up = items[: max(batch_sizes)]  # untimed: lazy initialisation is no row's cost
@@ -249,8 +254,8 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
             names += [("twin: HF generate batched", TWIN)] * cold
         totals = {name: Totals(name, kind, batch_size, regime) for name, kind in names}
         def record(name, result, references):
-            answers, wall_s, latencies, forwards = result
-            totals[name].add_group(answers, references, wall_s, latencies, forwards)
+            answers, wall_s, latencies, forwards, timings = result
+            totals[name].add_group(answers, references, wall_s, latencies, forwards, timings)
 
         for group in groups:
             references = [q["reference"] for q in group]
@@ -302,7 +307,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
 
 
 COLUMNS = ("row", "kind", "regime", "B", "tokens_per_s", "vs_own_B1", "vs_hf_same_B", "latency_ms", "latency_p90_ms", "tau",
-           "share_of_ceiling", "identical")
+           "share_of_ceiling", "verify_share", "draft_share", "prefill_share", "identical")
 
 
 def format_report(report: dict[str, Any]) -> str:

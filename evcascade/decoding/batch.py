@@ -202,6 +202,8 @@ class BatchDecoder:
         self.kv = KVBatch()
         self.forwards = 0
         """Batched verify forwards so far (prefills not counted)."""
+        self.timings = {"verify": 0.0, "draft": 0.0, "prefill": 0.0}
+        """Seconds in batched verify forwards, in drafting (every row's) and in batch-1 prefills, so far."""
 
     # -- joining and leaving -----------------------------------------------------------------------------------
 
@@ -238,8 +240,9 @@ class BatchDecoder:
             prefix = VerifyRequest(prompt_ids[:, :prefix_length], item.request.pixel_values_videos,
                                    item.request.clip_key)
             with self.lock:
-                misses = self.verifier.prefix_cache.misses
+                misses, prefill_started = self.verifier.prefix_cache.misses, time.perf_counter()
                 self.verifier.prefill(prefix)  # from the verifier's prefix cache when the clip was seen
+                self.timings["prefill"] += time.perf_counter() - prefill_started
                 stats.target_forwards += self.verifier.prefix_cache.misses - misses  # a prefix forward ran
                 layers = [(k.clone(), v.clone()) for k, v in self.verifier.cache_tensors()]
             stats.vision_s, stats.prefill_s = self.verifier.timings["vision"], self.verifier.timings["prefill"]
@@ -253,11 +256,13 @@ class BatchDecoder:
             if room > 0 and self.verifier.drafts_in_prefill:
                 drafts = self._propose(row, room)
         with self.lock:  # the verifier's batch-1 state: its prefill, then a copy of the request's cache
+            prefill_started = time.perf_counter()
             logits = self.verifier.prefill_with_draft(item.request, drafts) if drafts.shape[1] else \
                 self.verifier.prefill(item.request)[:, None]  # [1, k+1, V]
             accepted, next_token = self._accept(row, drafts[0].tolist(), logits[0], 0)
             self.verifier.rollback(drafts.shape[1] - accepted)
             layers = [(k.clone(), v.clone()) for k, v in self.verifier.cache_tensors()]
+            self.timings["prefill"] += time.perf_counter() - prefill_started
         stats.target_forwards += 1
         stats.vision_s, stats.prefill_s = self.verifier.timings["vision"], self.verifier.timings["prefill"]
         row.cached = prompt_ids.shape[1] + accepted
@@ -319,6 +324,7 @@ class BatchDecoder:
         logits, layers = self._forward(input_ids, attention_mask, position_ids)  # [B, N, V]
         verify_s = time.perf_counter() - started
         self.forwards += 1
+        self.timings["verify"] += verify_s
         self.kv.layers, self.kv.mask = layers, torch.cat([self.kv.mask, new_mask], dim=1)
         drops, finished, keep = [], [], []
         for b, (row, block) in enumerate(zip(self.rows, blocks)):
@@ -362,6 +368,7 @@ class BatchDecoder:
         started = time.perf_counter()
         ids = row.level.propose(row.generated, k).token_ids.to(self.verifier.device, torch.long)  # [1, <= k]
         row.stats.levels[0].draft_s += time.perf_counter() - started
+        self.timings["draft"] += time.perf_counter() - started
         row.stats.levels[0].calls += 1
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.verifier.vocab_size):
             raise ValueError(f"drafter {row.level.name!r} proposed ids outside [0, {self.verifier.vocab_size})")
