@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,10 +95,18 @@ class Answer:
     inputs: dict[str, Any] = field(default_factory=dict)
     token_sources: list[str] = field(default_factory=list)
     """Per token: the level whose draft the target accepted, or "target"."""
+    provisional: Any = None
+    """With ``generate(provisional=...)``: the `evcascade.decoding.provisional.ProvisionalAnswer` delivered first,
+    judged against this answer (``confirmed``, ``first_difference_token`` / ``_char``)."""
+    latency_s: float | None = None
+    """Wall seconds from the ``generate`` call to this answer (inputs, provisional answer and decoding)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "token_ids": list(self.token_ids), "token_sources": list(self.token_sources),
-                "mode": self.mode, "stats": self.stats.to_dict(), "inputs": self.inputs}
+        out = {"text": self.text, "token_ids": list(self.token_ids), "token_sources": list(self.token_sources),
+               "mode": self.mode, "stats": self.stats.to_dict(), "inputs": self.inputs, "latency_s": self.latency_s}
+        if self.provisional is not None:
+            out["provisional"] = self.provisional.to_dict()
+        return out
 
 
 def _weights_missing(what: str, where: str, exc: Exception) -> InputError:
@@ -189,6 +198,9 @@ class Cascade:
         tokens_per_frame = (vision.image_size // vision.patch_size) ** 2 + 1
         self.num_frames = int(verifier.model.config.video_seq_length // tokens_per_frame)
         self._lock = threading.Lock()
+        self._scheduler = None  # the batch scheduler behind submit(), made on first use
+        self.max_batch = 8  # most requests the scheduler verifies in one forward (set before the first submit)
+        self._scheduler_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -261,7 +273,8 @@ class Cascade:
     def generate(self, events: Any = None, video: Any = None, prompt: str = DEFAULT_PROMPT, *,
                  start_us: int | None = None, end_us: int | None = None, video_offset_us: int | None = None,
                  mode: str = "cascade", allow_pickle: bool = False, on_text=None, clip: Any = None,
-                 events_topic: str | None = None, video_topic: str | None = None, **options: Any) -> Answer:
+                 events_topic: str | None = None, video_topic: str | None = None, provisional=None,
+                 **options: Any) -> Answer:
         """Answer ``prompt`` about a clip.
 
         ``events``: a path, or any packet `LiveSession.push_events` takes (an `Events`, a structured array
@@ -274,27 +287,58 @@ class Cascade:
         choose the topics of ROS bags (default: the bag's only event / image topic).
         ``on_text(piece)`` is called with each new piece of the answer's text (whole characters and words, by
         transformers' ``TextStreamer`` rules).
+        ``provisional(answer)``: called first with the best drafting level's own greedy answer
+        (`evcascade.decoding.provisional.ProvisionalAnswer`, unverified, with its latency), on the decoding thread
+        (keep it short); the returned `Answer` carries it judged against the verified answer (``.provisional``).
         """
-        from evcascade.clip import load_clip
-        from evcascade.decoding.drafters import DraftContext
-        from evcascade.decoding.engine import GenerationOptions
-        from evcascade.decoding.verifier import VerifyRequest
-
+        started_s = time.perf_counter()
+        if provisional is not None and not callable(provisional):
+            raise InputError(f"provisional must be a callable taking the provisional answer, got {provisional!r}")
         if mode not in ("cascade", "target"):
             raise InputError(f"mode must be 'cascade' or 'target', got {mode!r}")
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(f"prompt must be a non-empty question, got {prompt!r}")
-        if clip is None:
-            if video is None:
-                raise InputError("video is required: Video-LLaVA answers from the clip's frames")
-            events_in, video_in = _as_events(events), _as_video(video, events)
-            if events_in is None:
-                raise InputError("events are required (a path, an Events, or a structured array)")
-            clip = load_clip(events_in, video_in, start_us=start_us, end_us=end_us, video_offset_us=video_offset_us,
-                             num_frames=self.num_frames, allow_pickle=allow_pickle,
-                             events_topic=events_topic, video_topic=video_topic)
-        elif len(clip.video) != self.num_frames:
-            raise InputError(f"the clip has {len(clip.video)} frames but this target takes {self.num_frames}")
+        clip = self._clip(events, video, clip, start_us=start_us, end_us=end_us, video_offset_us=video_offset_us,
+                          allow_pickle=allow_pickle, events_topic=events_topic, video_topic=video_topic)
+        request, context, gen = self._request(prompt, clip, options)
+        if gen.acceptance == "modality":
+            self._add_agreement(context, request.pixel_values_videos)
+        decoder = self.decoder if mode == "cascade" else self.target_decoder
+        streamer = _text_streamer(self.tokenizer, on_text) if on_text is not None else None
+        early = None
+        with self._lock:  # one request at a time per verifier (its KV cache is the request's state)
+            if provisional is not None:
+                early = self._provisional(context, gen, started_s)
+                provisional(early)
+            result = decoder.generate(request, context, gen, on_tokens=streamer.put if streamer else None)
+        if streamer is not None:
+            streamer.end()
+        ids = result.token_ids[0].tolist()
+        return Answer(result.text or "", ids, result.stats, mode, _inputs_of(clip, prompt), result.token_sources,
+                      provisional=early.judged(ids, result.text or "") if early is not None else None,
+                      latency_s=time.perf_counter() - started_s)
+
+    def _clip(self, events: Any, video: Any, clip: Any, **window: Any):
+        """The request's `Clip`: ``clip`` checked, or loaded from ``events`` / ``video`` and the window arguments."""
+        from evcascade.clip import load_clip
+
+        if clip is not None:
+            if len(clip.video) != self.num_frames:
+                raise InputError(f"the clip has {len(clip.video)} frames but this target takes {self.num_frames}")
+            return clip
+        if video is None:
+            raise InputError("video is required: Video-LLaVA answers from the clip's frames")
+        events_in, video_in = _as_events(events), _as_video(video, events)
+        if events_in is None:
+            raise InputError("events are required (a path, an Events, or a structured array)")
+        return load_clip(events_in, video_in, num_frames=self.num_frames, **window)
+
+    def _request(self, prompt: str, clip: Any, options: dict[str, Any]):
+        """The verifier's request, the drafters' context and the generation options of one question on ``clip``."""
+        from evcascade.decoding.drafters import DraftContext
+        from evcascade.decoding.engine import GenerationOptions
+        from evcascade.decoding.verifier import VerifyRequest
+
         merged = {**self.generation_defaults, **options}
         try:
             gen = GenerationOptions(tokenizer=self.tokenizer, **merged)
@@ -304,21 +348,83 @@ class Cascade:
         built = self.prompter(prompt)
         self.prompter.check_fits(built, gen.max_new_tokens)
         pixels = self.verifier.pixel_values(clip.video.frames)  # [1, T, 3, S, S]
-        request = VerifyRequest(built.target_ids, pixels)
-        context = DraftContext(built.text_ids, events=clip.events, video=clip.video)
-        if gen.acceptance == "modality":
-            self._add_agreement(context, pixels)
-        decoder = self.decoder if mode == "cascade" else self.target_decoder
-        streamer = _text_streamer(self.tokenizer, on_text) if on_text is not None else None
-        with self._lock:  # one request at a time per verifier (its KV cache is the request's state)
-            result = decoder.generate(request, context, gen, on_tokens=streamer.put if streamer else None)
-        if streamer is not None:
-            streamer.end()
-        inputs = {"window_us": [clip.start_us, clip.end_us], "num_events": len(clip.events),
-                  "num_frames": len(clip.video), "events": clip.events_path, "video": clip.video_path,
-                  "prompt": prompt, "alignment": clip.alignment.to_dict() if clip.alignment is not None else None}
-        return Answer(result.text or "", result.token_ids[0].tolist(), result.stats, mode, inputs,
-                      result.token_sources)
+        return VerifyRequest(built.target_ids, pixels), DraftContext(built.text_ids, events=clip.events,
+                                                                      video=clip.video), gen
+
+    def generate_batch(self, requests: Sequence[dict[str, Any]], *, mode: str = "cascade",
+                       **options: Any) -> list[Answer]:
+        """Answer several questions together: one target forward verifies every request's drafts per step
+        (``decoding/batch.py``); each answer equals its own ``generate`` answer (greedy, or coupled sampling with
+        its own seed). ``requests``: dicts with ``prompt`` and ``clip`` (or ``events`` / ``video`` and the window
+        arguments) and any per-request generation options; ``options`` apply to all."""
+        from evcascade.decoding.batch import BatchDecoder
+
+        if mode not in ("cascade", "target"):
+            raise InputError(f"mode must be 'cascade' or 'target', got {mode!r}")
+        items = [self._batch_item(request, options, index) for index, request in enumerate(requests)]
+        decoder = BatchDecoder(self.verifier, self.levels if mode == "cascade" else [], lock=self._lock,
+                               pad_token_id=self._pad_token_id())
+        return [self._batch_answer(result, items[i], mode) for i, result in enumerate(decoder.run(items))]
+
+    def submit(self, prompt: str, clip: Any, **options: Any):
+        """Queue one question for the cascade's batch scheduler (started on first use; requests from any
+        thread join the running batch between steps); a `concurrent.futures.Future` of its `Answer`."""
+        from concurrent.futures import Future
+
+        from evcascade.decoding.batch import BatchDecoder
+        from evcascade.decoding.scheduler import BatchScheduler
+
+        with self._scheduler_lock:
+            if self._scheduler is None:
+                # the scheduler's prefills use the verifier's batch-1 state: they wait for generate()'s requests
+                decoder = BatchDecoder(self.verifier, self.levels, lock=self._lock, pad_token_id=self._pad_token_id())
+                self._scheduler = BatchScheduler(decoder, max_batch=self.max_batch)
+        item = self._batch_item({"prompt": prompt, "clip": clip, **options}, {}, None)
+        answer: Future = Future()
+
+        def done(future) -> None:
+            error = future.exception()
+            if error is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result(self._batch_answer(future.result(), item, "cascade"))
+
+        self._scheduler.submit(item).add_done_callback(done)
+        return answer
+
+    def _batch_item(self, request: dict[str, Any], options: dict[str, Any], tag: Any):
+        from evcascade.decoding.batch import BatchRequest
+
+        if not isinstance(request, dict) or "prompt" not in request:
+            raise InputError(f"each batch request must be a dict with a 'prompt' (and a 'clip' or events/video), "
+                             f"got {request!r}")
+        request = dict(request)
+        prompt = request.pop("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError(f"prompt must be a non-empty question, got {prompt!r}")
+        window = {k: request.pop(k) for k in ("start_us", "end_us", "video_offset_us", "allow_pickle", "events_topic",
+                                               "video_topic") if k in request}
+        clip = self._clip(request.pop("events", None), request.pop("video", None), request.pop("clip", None), **window)
+        target, context, gen = self._request(prompt, clip, {**options, **request})
+        return BatchRequest(target, context, gen, tag, _inputs_of(clip, prompt))
+
+    def _batch_answer(self, result, item, mode: str) -> Answer:
+        return Answer(result.text or "", result.token_ids, result.stats, mode, item.inputs,
+                      latency_s=result.stats.total_s)
+
+    def _pad_token_id(self) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        return int(pad) if pad is not None else 0
+
+    def _provisional(self, context, gen, started_s: float):
+        """The best drafting level's greedy answer under ``gen``'s stop criteria (``decoding/provisional.py``)."""
+        from evcascade.decoding.provisional import provisional_level, timed_draft_answer
+        from evcascade.decoding.stopping import StopChecker
+
+        eos = gen.eos_token_ids if gen.eos_token_ids is not None else self.verifier.eos_token_ids
+        stopper = StopChecker(eos_token_ids=eos, max_new_tokens=gen.max_new_tokens, stop_strings=gen.stop_strings,
+                              tokenizer=gen.tokenizer)
+        return timed_draft_answer(provisional_level(self.levels), context, stopper, self.tokenizer, started_s=started_s)
 
     def _add_agreement(self, context, pixels: torch.Tensor) -> None:
         """Put the clip's event/video agreement map (computed once per clip) where the modality rule reads it."""
@@ -389,6 +495,13 @@ def _warn_unused_sampling(gen) -> None:
     if unused:
         warnings.warn(f"{', '.join(unused)} ignored: decoding is greedy (set do_sample=True, --do-sample on the "
                       f"command line, to sample)", UserWarning, stacklevel=3)
+
+
+def _inputs_of(clip: Any, prompt: str) -> dict[str, Any]:
+    """What an `Answer` records of its request: the window, the sources and how the video was put on the clock."""
+    return {"window_us": [clip.start_us, clip.end_us], "num_events": len(clip.events), "num_frames": len(clip.video),
+            "events": clip.events_path, "video": clip.video_path, "prompt": prompt,
+            "alignment": clip.alignment.to_dict() if clip.alignment is not None else None}
 
 
 def _as_events(events: Any) -> Any:

@@ -78,6 +78,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--lenience", type=float, default=None,
                    help="the lossy rule's lenience in [0, 1] (0 = lossless; default 0.3 with a lossy rule)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled event files (runs code from the file)")
+    p.add_argument("--provisional", action="store_true",
+                   help="first print the best drafting level's own answer (unverified, marked provisional, with its "
+                        "latency), then the verified answer and whether it confirmed the provisional one")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of human output")
     p.add_argument("--stats", action="store_true", help="print the full stats block")
     p.add_argument("-v", "--verbose", action="count", default=0,
@@ -242,10 +245,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(piece if started else f"answer: {piece}", end="", flush=True)
         started.append(True)
 
+    def show_provisional(early) -> None:
+        if streaming:
+            print(f"provisional ({early.level}, {early.latency_s * 1000:.0f} ms, unverified): {early.text}", flush=True)
+
     answer = cascade.generate(prompt=args.prompt, clip=clip, mode=args.mode, on_text=show if streaming else None,
-                              **options)
+                              provisional=show_provisional if args.provisional else None, **options)
     if streaming:
         print("" if started else "answer: ", flush=True)
+    if answer.provisional is not None:
+        early = answer.provisional
+        result["provisional"] = early.to_dict()
+        verdict = ("confirmed the provisional answer" if early.confirmed else
+                   f"differs from the provisional answer from token {early.first_difference_token}"
+                   + (f" (character {early.first_difference_char})" if early.first_difference_char is not None else ""))
+        result["verdict"] = f"verified in {answer.latency_s * 1000:.0f} ms: {verdict}"
     timings["generate"] = answer.stats.total_s
     result.update(text=answer.text, token_ids=answer.token_ids, token_sources=answer.token_sources,
                   stats=answer.stats.to_dict(),
@@ -263,6 +277,8 @@ def print_human(result: dict[str, Any], show_stats: bool) -> None:
         print(f"note: {result['note']}")
         dl = result["data_layer"]
         print(f"event images {dl['event_images_shape']}, key frame {dl['key_frame_shape']}")
+    if result.get("verdict"):
+        print(result["verdict"])
     if result.get("summary"):
         print(result["summary"])
     if show_stats and result.get("stats"):

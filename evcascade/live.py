@@ -13,10 +13,11 @@ reuses the target's cached video features and visual prefix.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -41,7 +42,8 @@ class LiveSession:
     """Live event + frame streams in, answers about the newest window out; thread-safe, bounded memory.
 
     ``event_window_us``: events the drafters see (ending at the newest frame); ``video_window_us``: span the
-    target's frames are sampled from; ``max_events`` / ``max_frames``: memory bounds of the two rings.
+    target's frames are sampled from; ``max_events`` / ``max_frames``: memory bounds of the two rings;
+    ``batched``: serve questions through the cascade's batch scheduler (shared by every session on it).
 
     >>> from evcascade.cascade import Cascade
     >>> from evcascade.models.tiny import tiny_tokenizer, tiny_video_llava
@@ -56,12 +58,16 @@ class LiveSession:
     """
 
     def __init__(self, cascade, sensor_size: Sequence[int], *, event_window_us: int = 50_000,
-                 video_window_us: int = 1_000_000, max_events: int = 4_000_000, max_frames: int = 64) -> None:
+                 video_window_us: int = 1_000_000, max_events: int = 4_000_000, max_frames: int = 64,
+                 batched: bool = False) -> None:
         for name, value in (("event_window_us", event_window_us), ("video_window_us", video_window_us),
                             ("max_frames", max_frames)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {value!r}")
         self.cascade = cascade
+        self.batched = bool(batched)
+        """True: questions go through the cascade's batch scheduler (``Cascade.submit``), so questions from many
+        threads and many sessions on one cascade are verified together instead of queueing one by one."""
         self.event_window_us, self.video_window_us = int(event_window_us), int(video_window_us)
         self.events = LiveEventBuffer(sensor_size, max(self.event_window_us, self.video_window_us), max_events)
         self.sensor_size = self.events.sensor_size
@@ -105,18 +111,85 @@ class LiveSession:
         events = self.events.window(end_us - self.event_window_us, end_us)
         return LiveSnapshot(events, video, start_us, end_us)
 
-    def ask(self, prompt: str, **options: Any):
+    def ask(self, prompt: str, *, provisional: Any = None, timeout_s: float | None = None, **options: Any):
         """Answer ``prompt`` about the newest window; returns an `evcascade.cascade.Answer`.
 
         ``options`` are the cascade's generation options (max_new_tokens, do_sample, ...). Producers keep
         pushing while this decodes; concurrent ``ask`` calls are served one at a time.
+        ``provisional=True``: returns an iterator instead, whose first item is the best drafting level's own
+        answer (`evcascade.decoding.provisional.ProvisionalAnswer`, unverified, with its latency) and whose second
+        is the verified `Answer` (decoded on a worker thread meanwhile; ``.provisional`` says whether it
+        confirmed the first and where they differ). ``provisional=callable``: called with it first.
+        ``timeout_s``: raise ``TimeoutError`` (naming the question and the wait) when no answer came in time; the
+        decoding it started still finishes in the background (a decode cannot be interrupted mid-forward).
         """
+        if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+            raise InputError(f"timeout_s must be a number > 0 or None, got {timeout_s!r}")
         snap = self.snapshot()
         clip = Clip(snap.events, snap.video, snap.start_us, snap.end_us, snap.end_us - self.event_window_us)
-        return self.cascade.generate(prompt=prompt, clip=clip, **options)
+        if provisional is True:
+            return _provisional_then_verified(self.cascade, prompt, clip, options, timeout_s)
+        if provisional is False:
+            provisional = None
+        if self.batched:
+            if provisional is not None:
+                raise InputError("provisional answers are not served through the batch scheduler: "
+                                 "ask a session with batched=False")
+            return _wait(self.cascade.submit(prompt, clip, **options), prompt, timeout_s)
+        if timeout_s is None:
+            return self.cascade.generate(prompt=prompt, clip=clip, provisional=provisional, **options)
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="evcascade-ask")
+        try:
+            future = pool.submit(self.cascade.generate, prompt=prompt, clip=clip, provisional=provisional, **options)
+            return _wait(future, prompt, timeout_s)
+        finally:
+            pool.shutdown(wait=False)
 
     def memory_bytes(self) -> int:
         """Bytes held by the two rings (constant for events; at most max_frames frames)."""
         with self._frames_lock:
             frame_bytes = sum(f.nbytes for _, f in self._frames)
         return self.events.nbytes + frame_bytes
+
+
+def _provisional_then_verified(cascade, prompt: str, clip: Clip, options: dict,
+                               timeout_s: float | None = None) -> Iterator[Any]:
+    """Decode on a worker thread; yield the provisional answer as soon as it exists, then the verified one
+    (an error on the worker is raised here, in the asking thread; each item waits at most ``timeout_s``)."""
+    items: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+
+    def work() -> None:
+        try:
+            items.put(("answer", cascade.generate(prompt=prompt, clip=clip,
+                                                  provisional=lambda early: items.put(("answer", early)), **options)))
+        except BaseException as exc:  # handed to the asking thread
+            items.put(("error", exc))
+
+    # started before the caller iterates: the provisional answer does not wait for the caller's first next()
+    threading.Thread(target=work, daemon=True, name="evcascade-provisional").start()
+
+    def answers() -> Iterator[Any]:
+        for _ in range(2):
+            try:
+                kind, value = items.get(timeout=timeout_s)
+            except queue.Empty:
+                raise TimeoutError(f"no answer to {prompt!r} within timeout_s={timeout_s} s (the decoder is busy "
+                                   f"or stuck; the request still runs in the background)") from None
+            if kind == "error":
+                raise value
+            yield value
+
+    return answers()
+
+
+def _wait(future, prompt: str, timeout_s: float | None):
+    """The future's answer, or a ``TimeoutError`` naming the question and the wait."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    try:
+        return future.result(timeout=timeout_s)
+    except FutureTimeout:
+        raise TimeoutError(f"no answer to {prompt!r} within timeout_s={timeout_s} s (the decoder is busy or "
+                           f"stuck; the request still runs in the background)") from None

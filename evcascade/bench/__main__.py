@@ -16,6 +16,9 @@ BENCHMARKS: dict[str, str] = {
     "demo": "evcascade.bench.demo",
     "trees": "evcascade.bench.trees",
     "gpu": "evcascade.bench.gpu",
+    "provisional": "evcascade.bench.provisional",
+    "batch": "evcascade.bench.batch",
+    "soak": "evcascade.bench.soak",
 }
 
 

@@ -338,6 +338,13 @@ class _KVCacheVerifier(Verifier):
     def cache_length(self) -> int:
         return self._length
 
+    def cache_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The current request's keys and values per layer, ``[B, H, cache_length, D]`` each (for the batched
+        decoder, ``decoding/batch.py``, which copies a prefilled request into its batch). Read-only views."""
+        if self._cache is None:
+            raise InputError("cache_tensors() needs a request: call prefill() first")
+        return [(layer.keys, layer.values) for layer in self._cache.layers]
+
 
 class CausalLMVerifier(_KVCacheVerifier):
     """Any Hugging Face causal LM as the target (text prompts only).

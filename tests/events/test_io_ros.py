@@ -8,6 +8,7 @@ against the test-side scalar reference decoder of the same words (ros_helpers.re
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 
@@ -344,7 +345,9 @@ def test_load_clip_and_generate_take_the_topics(bags, scene, monkeypatch):
 
     monkeypatch.setattr(clip_module, "load_clip", fake_load_clip)
     with pytest.raises(Stop):
-        Cascade.generate(SimpleNamespace(num_frames=2), path, path, events_topic="/events", video_topic="/cam/image_raw")
+        fake = SimpleNamespace(num_frames=2)
+        fake._clip = functools.partial(Cascade._clip, fake)
+        Cascade.generate(fake, path, path, events_topic="/events", video_topic="/cam/image_raw")
     assert (seen["events_topic"], seen["video_topic"]) == ("/events", "/cam/image_raw")
 
 

@@ -1,0 +1,362 @@
+"""``python -m evcascade.bench batch``: batched verification at B = 1, 2, 4, 8 concurrent questions.
+
+Held-out synthetic-world questions (``--scenes N``, the questions of one scene in order, so a group of B asks
+about one or two clips) are answered in groups of B, greedy, in two regimes: *cold* (every cache emptied before
+each group: a clip's first request pays its vision tower and visual prefill, as HF ``generate`` pays them per
+row; later requests on the clip share that prefix, copied into their rows) and *warm* (the group's clips seen
+before: an untimed one-token pass primes the video features, visual-prefix KV and draft features; HF's batched
+``generate`` keeps no cache across calls, so it has cold rows only). Rows, each at every B:
+
+kind "real" (the bundled cascade's own target)
+    cascade batched           ``BatchDecoder`` with the cascade's top model level drafting ``--draft-k`` per row
+    target-only batched       ``BatchDecoder`` with no drafter (one token per row per forward)
+    HF generate batched       ``generate`` on the left-padded group (attention mask, stacked frames)
+kind "cost-twin" (``bench/demo.py``'s untrained, realistically sized twin of the target; ``--no-twin`` skips it)
+    twin: cascade replayed batched   each row's real accept/reject pattern replayed (``bench/replay.py``), the
+                                     real level drafting alongside to pay its cost
+    twin: target-only batched, twin: HF generate batched
+    twin: cascade replayed, continuous   (warm) every question submitted at once to a ``BatchScheduler`` of B
+                                     rows, which refills rows as answers finish; latency includes queueing
+
+Every answer is checked equal to its batch-1 reference (the real target's own greedy answer from our batch-1
+loop; the twin's likewise); HF's batched rows are checked too. Per row: throughput (answer tokens / wall seconds
+over all groups), per-request latency (ours: from the request's prefill to its last token; HF: the group's
+wall time, every row finishing together), mean and 90th percentile, and tau (tokens per target forward per row).
+HF pads every row of a group to the longest answer (static batching): only each row's own tokens are counted.
+
+The ceiling: a batched verify forward of B rows x (k + 1) tokens costs ``T_v(B, k+1)`` (measured on the twin's
+text model here, median of 5); at the twin cascade's measured tau, no batched decoder can beat
+``B * tau / T_v(B, k+1)`` tokens/s. The table reports each twin cascade row's share of it.
+Output: the table, ``batch.json`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+from dataclasses import replace
+import sys
+import time
+from typing import Any
+
+import torch
+
+from evcascade.bench.common import environment_info, format_table, write_json
+from evcascade.errors import InputError
+
+REAL, TWIN = "real", "cost-twin"
+
+
+def _fresh_context(question):
+    """The question's drafting context on new Events / Video objects (cold: the drafters' memos miss)."""
+    from evcascade.decoding.drafters import DraftContext
+
+    return DraftContext(question["text_ids"], events=copy.copy(question["clip"].events),
+                        video=copy.copy(question["clip"].video))
+
+
+def _clear(verifier) -> None:
+    verifier.feature_cache.clear()
+    verifier.prefix_cache.clear()
+
+
+def _hf_batched(model, questions, new_tokens: list[int], pad_token_id: int, eos: tuple[int, ...]):
+    """HF ``generate`` on a left-padded group: (answers cut at their EOS and length, wall seconds)."""
+    width = max(q["target_ids"].shape[1] for q in questions)
+    input_ids = torch.full((len(questions), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(questions), width, dtype=torch.long)
+    for b, q in enumerate(questions):
+        length = q["target_ids"].shape[1]
+        input_ids[b, width - length:] = q["target_ids"][0]
+        mask[b, width - length:] = 1
+    pixels = torch.cat([q["pixels"] for q in questions])  # [B, T, 3, S, S]
+    started = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(input_ids, attention_mask=mask, pixel_values_videos=pixels, do_sample=False,
+                             max_new_tokens=max(new_tokens), pad_token_id=pad_token_id)
+    wall_s = time.perf_counter() - started
+    answers = []
+    for b, n in enumerate(new_tokens):
+        ids = out[b, width: width + n].tolist()
+        cut = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
+        answers.append(ids[:cut])
+    return answers, wall_s
+
+
+def _verify_cost_s(model, batch_size: int, context_length: int, block: int, repeats: int = 5) -> float:
+    """Median seconds of one text forward of ``batch_size`` x ``block`` tokens after ``context_length`` cached ones."""
+    from transformers import DynamicCache
+
+    language = model.model.language_model if hasattr(model.model, "language_model") else model
+    ids = torch.randint(1, 50, (batch_size, context_length))
+    with torch.no_grad():
+        base = language(input_ids=ids, use_cache=True).past_key_values
+        layers = [(layer.keys, layer.values) for layer in base.layers]
+        times = []
+        for _ in range(repeats):
+            cache = DynamicCache(ddp_cache_data=layers)
+            new = torch.randint(1, 50, (batch_size, block))
+            started = time.perf_counter()
+            hidden = language(input_ids=new, past_key_values=cache, use_cache=True).last_hidden_state
+            model.lm_head(hidden)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+class Totals:
+    """One row's sums over its groups."""
+
+    def __init__(self, name: str, kind: str, batch_size: int, regime: str) -> None:
+        self.name, self.kind, self.batch_size, self.regime = name, kind, batch_size, regime
+        self.tokens, self.seconds, self.latencies, self.forwards = 0, 0.0, [], 0
+        self.identical, self.mismatches = True, []
+        self.timings: dict[str, float] = {}
+
+    def add_group(self, answers: list[list[int]], references: list[list[int]], wall_s: float,
+                  latencies: list[float], forwards: int | None, timings: dict[str, float] | None = None) -> None:
+        for key, seconds in (timings or {}).items():
+            self.timings[key] = self.timings.get(key, 0.0) + seconds
+        self.tokens += sum(len(a) for a in answers)
+        self.seconds += wall_s
+        self.latencies += latencies
+        self.forwards = None if forwards is None or self.forwards is None else self.forwards + forwards
+        for answer, reference in zip(answers, references):
+            if answer != reference:
+                self.identical = False
+                self.mismatches.append({"ids": answer, "reference": reference})
+
+    def row(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+        return {"row": self.name, "kind": self.kind, "regime": self.regime, "B": self.batch_size, "answers": len(self.latencies),
+                "tokens": self.tokens, "seconds": self.seconds,
+                "tokens_per_s": self.tokens / self.seconds if self.seconds else 0.0,
+                "latency_ms": 1e3 * statistics.fmean(ordered) if ordered else None,
+                "latency_p90_ms": 1e3 * ordered[int(0.9 * (len(ordered) - 1))] if ordered else None,
+                "tau": self.tokens / self.forwards if self.forwards else None,
+                "identical": self.identical, "mismatches": self.mismatches[:3],
+                # where our rows' wall time went: batched verify forwards, drafting, batch-1 prefills
+                **{f"{key}_share": seconds / self.seconds for key, seconds in self.timings.items() if self.seconds}}
+
+
+def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None = None, max_new_tokens: int = 48,
+                  draft_k: int = 8, batch_sizes: tuple[int, ...] = (1, 2, 4, 8), regimes=("cold", "warm"),
+                  twin: bool = True,
+                  twin_hidden: int = 1024, twin_layers: int = 8, device: str = "cpu") -> dict[str, Any]:
+    from evcascade.bench.demo import build_twin
+    from evcascade.bench.replay import ReplayDrafter
+    from evcascade.cascade import Cascade
+    from evcascade.clip import load_clip
+    from evcascade.data.world import make_world_sample, scene_seeds
+    from evcascade.decoding.batch import BatchDecoder, BatchRequest, drafting_copy
+    from evcascade.decoding.scheduler import BatchScheduler
+    from evcascade.decoding.drafters import DraftContext
+    from evcascade.decoding.engine import CascadeDecoder, GenerationOptions
+    from evcascade.decoding.verifier import VerifyRequest, VideoLlavaVerifier
+
+    if scenes < 1 or not batch_sizes or min(batch_sizes) < 1:
+        raise InputError(f"--scenes and every batch size must be >= 1, got {scenes} and {list(batch_sizes)}")
+    cascade = Cascade.from_pretrained(model, device=device)
+    verifier, target = cascade.verifier, cascade.verifier.model
+    pad = cascade._pad_token_id()
+    eos = tuple(verifier.eos_token_ids)
+    level = drafting_copy(cascade.levels)
+    items = []
+    for scene_seed in scene_seeds(seed, scenes):
+        sample = make_world_sample(scene_seed)
+        clip = load_clip(sample.events, sample.video, num_frames=cascade.num_frames)
+        pixels = verifier.pixel_values(clip.video.frames)
+        for qa in sample.qa[:questions]:
+            built = cascade.prompter(qa.question)
+            items.append({"question": qa.question, "kind": qa.kind, "clip": clip, "pixels": pixels,
+                          "target_ids": built.target_ids, "text_ids": built.text_ids,
+                          "context": DraftContext(built.text_ids, events=clip.events, video=clip.video)})
+    options = GenerationOptions(max_new_tokens=max_new_tokens, draft_k=draft_k, tokenizer=cascade.tokenizer)
+    plain = GenerationOptions(max_new_tokens=max_new_tokens, draft_k=0)
+    for q in items:  # the batch-1 reference: our own loop, the target alone
+        q["reference"] = CascadeDecoder(verifier, []).generate(
+            VerifyRequest(q["target_ids"], q["pixels"]), DraftContext(q["text_ids"]), plain).token_ids[0].tolist()
+
+    twin_model = twin_verifier = None
+    if twin:
+        twin_model = build_twin(target, hidden_size=twin_hidden, num_layers=twin_layers, seed=seed)
+        twin_verifier = VideoLlavaVerifier(twin_model, preprocess_config=verifier.preprocess_config, eos_token_ids=())
+        for q in items:
+            ref = q["reference"]
+            q["twin_length"] = len(ref) + int(len(ref) < max_new_tokens and bool(ref) and ref[-1] in eos)
+            q["twin_reference"] = CascadeDecoder(twin_verifier, []).generate(
+                VerifyRequest(q["target_ids"], q["pixels"]), DraftContext(q["text_ids"]),
+                GenerationOptions(max_new_tokens=q["twin_length"], draft_k=0, eos_token_ids=())).token_ids[0].tolist()
+    vocab_size = int(target.get_output_embeddings().weight.shape[0])
+
+    def ours(decoder_verifier, levels, group, make_options, drafter_of=None, cold=True, prime=True):
+        """One group through a fresh ``BatchDecoder``: (answers, wall s, per-request latencies, forwards). Cold:
+        every cache emptied first; warm: the group's clips primed (video features, visual-prefix KV, draft
+        features) by an untimed one-token pass."""
+        if cold:
+            _clear(decoder_verifier)
+        elif prime:
+            ours(decoder_verifier, levels, group, lambda q: replace(make_options(q), max_new_tokens=1), drafter_of,
+                 cold=False, prime=False)
+        batch = []
+        for q in group:
+            context = _fresh_context(q) if cold else q["context"]
+            batch.append(BatchRequest(VerifyRequest(q["target_ids"], q["pixels"]), context, make_options(q),
+                                      drafter=drafter_of(q, context) if drafter_of else None))
+        decoder = BatchDecoder(decoder_verifier, levels, pad_token_id=pad)
+        started = time.perf_counter()
+        results = decoder.run(batch)
+        wall_s = time.perf_counter() - started
+        return ([r.token_ids for r in results], wall_s, [r.stats.total_s for r in results],
+                sum(r.stats.target_forwards for r in results), decoder.timings)
+
+    def replay_drafter(q, context):
+        return ReplayDrafter(None, torch.tensor([q["twin_reference"]]), vocab_size=vocab_size,
+                             level=copy.copy(level), level_context=context, level_answer=q["reference"],
+                             name=level.name)
+
+    def twin_options(q, k=draft_k):
+        return GenerationOptions(max_new_tokens=q["twin_length"], draft_k=k, eos_token_ids=())
+
+    def continuous(batch_size: int):
+        """Every question submitted at once to a scheduler of ``batch_size`` rows (warm): rows are refilled as
+        answers finish. Latency counts from the submission (queueing included)."""
+        ours(twin_verifier, [], items, lambda q: replace(twin_options(q), max_new_tokens=1), replay_drafter,
+             cold=False, prime=False)
+        scheduler = BatchScheduler(BatchDecoder(twin_verifier, [], pad_token_id=pad), max_batch=batch_size)
+        done_at: dict[int, float] = {}
+        started = time.perf_counter()
+        futures = []
+        for index, q in enumerate(items):
+            future = scheduler.submit(BatchRequest(VerifyRequest(q["target_ids"], q["pixels"]), q["context"],
+                                                   twin_options(q), index, drafter=replay_drafter(q, q["context"])))
+            future.add_done_callback(lambda _, index=index: done_at.__setitem__(index, time.perf_counter()))
+            futures.append(future)
+        results = [future.result() for future in futures]
+        wall_s = time.perf_counter() - started
+        scheduler.close()
+        return ([r.token_ids for r in results], wall_s, [done_at[i] - started for i in range(len(items))],
+                sum(r.stats.target_forwards for r in results), scheduler.decoder.timings)
+
+    rows: list[dict[str, Any]] = []
+    warm_up = items[: max(batch_sizes)]  # untimed: lazy initialisation is no row's cost
+    ours(verifier, cascade.levels, warm_up, lambda q: options)
+    _hf_batched(target, warm_up[:2], [4, 4], pad, eos)
+    from tqdm import tqdm
+
+    for regime, batch_size in tqdm([(r, b) for r in regimes for b in batch_sizes], desc="batch bench",
+                                   unit="config", file=sys.stderr):
+        cold = regime == "cold"
+        groups = [items[i: i + batch_size] for i in range(0, len(items), batch_size)]
+        names = [("cascade batched", REAL), ("target-only batched", REAL)] + [("HF generate batched", REAL)] * cold
+        if twin:
+            names += [("twin: cascade replayed batched", TWIN), ("twin: target-only batched", TWIN)]
+            names += [("twin: HF generate batched", TWIN)] * cold
+        totals = {name: Totals(name, kind, batch_size, regime) for name, kind in names}
+        def record(name, result, references):
+            answers, wall_s, latencies, forwards, timings = result
+            totals[name].add_group(answers, references, wall_s, latencies, forwards, timings)
+
+        for group in groups:
+            references = [q["reference"] for q in group]
+            record("cascade batched", ours(verifier, cascade.levels, group, lambda q: options, cold=cold), references)
+            record("target-only batched", ours(verifier, [], group, lambda q: plain, cold=cold), references)
+            if cold:  # HF's batched generate has no cache across calls: it has only the cold regime
+                answers, wall_s = _hf_batched(target, group, [max_new_tokens] * len(group), pad, eos)
+                totals["HF generate batched"].add_group(answers, references, wall_s, [wall_s] * len(group), None)
+            if twin:
+                twin_refs = [q["twin_reference"] for q in group]
+                record("twin: cascade replayed batched",
+                       ours(twin_verifier, [], group, twin_options, drafter_of=replay_drafter, cold=cold), twin_refs)
+                record("twin: target-only batched",
+                       ours(twin_verifier, [], group, lambda q: twin_options(q, 0), cold=cold), twin_refs)
+                if cold:
+                    answers, wall_s = _hf_batched(twin_model, group, [q["twin_length"] for q in group], pad, ())
+                    totals["twin: HF generate batched"].add_group(answers, twin_refs, wall_s, [wall_s] * len(group),
+                                                                  None)
+        if twin and not cold:
+            name = "twin: cascade replayed, continuous"
+            totals[name] = Totals(name, TWIN, batch_size, regime)
+            record(name, continuous(batch_size), [q["twin_reference"] for q in items])
+        rows += [t.row() for t in totals.values()]
+
+    ceiling = {}
+    if twin:
+        context_length = int(statistics.median(q["target_ids"].shape[1] for q in items))
+        for batch_size in batch_sizes:
+            cost_s = _verify_cost_s(twin_model, batch_size, context_length, draft_k + 1)
+            for row in rows:
+                if row["B"] == batch_size and row["row"].startswith("twin: cascade replayed"):
+                    bound = batch_size * (row["tau"] or 1.0) / cost_s
+                    ceiling[f"{row['row']}, {row['regime']} B={batch_size}"] = {
+                        "verify_ms": 1e3 * cost_s, "tau": row["tau"], "ceiling_tokens_per_s": bound,
+                        "share_of_ceiling": row["tokens_per_s"] / bound}
+                    row["share_of_ceiling"] = row["tokens_per_s"] / bound
+    for row in rows:  # speedups over the same kind's B = 1 target-only row and HF row at the same B
+        same_b = {r["row"]: r for r in rows if r["B"] == row["B"] and r["regime"] == "cold"}
+        hf = same_b.get("HF generate batched" if row["kind"] == REAL else "twin: HF generate batched")
+        row["vs_hf_same_B"] = row["tokens_per_s"] / hf["tokens_per_s"] if hf and hf["tokens_per_s"] else None
+        first = next((r for r in rows if r["row"] == row["row"] and r["regime"] == row["regime"]
+                      and r["B"] == min(batch_sizes)), None)
+        row["vs_own_B1"] = row["tokens_per_s"] / first["tokens_per_s"] if first and first["tokens_per_s"] else None
+    return {"benchmark": "batch", "model": model, "cascade": repr(cascade), "environment": environment_info(device),
+            "config": {"scenes": scenes, "seed": seed, "questions": len(items), "max_new_tokens": max_new_tokens,
+                       "draft_k": draft_k, "batch_sizes": list(batch_sizes), "twin": twin, "twin_hidden": twin_hidden,
+                       "twin_layers": twin_layers, "regimes": list(regimes), "drafting_level": level.name if level else None},
+            "rows": rows, "ceiling": ceiling, "outputs_identical": all(r["identical"] for r in rows)}
+
+
+COLUMNS = ("row", "kind", "regime", "B", "tokens_per_s", "vs_own_B1", "vs_hf_same_B", "latency_ms", "latency_p90_ms", "tau",
+           "share_of_ceiling", "verify_share", "draft_share", "prefill_share", "identical")
+
+
+def format_report(report: dict[str, Any]) -> str:
+    config = report["config"]
+    lines = [f"batched verification, {config['questions']} questions from {config['scenes']} held-out scenes, "
+             f"{report['cascade']}, drafting level {config['drafting_level']}, greedy, regimes {config['regimes']}, draft_k "
+             f"{config['draft_k']}", format_table(report["rows"], COLUMNS), ""]
+    for b, c in report["ceiling"].items():
+        lines.append(f"twin ceiling, {b}: T_v(B, k+1) {c['verify_ms']:.1f} ms, tau {c['tau'] or 0:.2f} -> "
+                     f"{c['ceiling_tokens_per_s']:.1f} tokens/s; the twin cascade reached {c['share_of_ceiling']:.0%}")
+    lines.append(f"every answer equal to its batch-1 reference: {report['outputs_identical']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evcascade.bench batch", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="bundled")
+    parser.add_argument("--scenes", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=9000)
+    parser.add_argument("--questions", type=int, help="first N questions per scene (default: all)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--draft-k", type=int, default=8)
+    parser.add_argument("--batch-sizes", default="1,2,4,8")
+    parser.add_argument("--twin-hidden", type=int, default=1024)
+    parser.add_argument("--twin-layers", type=int, default=8)
+    parser.add_argument("--no-twin", action="store_true")
+    parser.add_argument("--regimes", default="cold,warm", help="cold, warm or both")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--out", default="bench_out")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+        regimes = tuple(args.regimes.split(","))
+        if not set(regimes) <= {"cold", "warm"}:
+            raise InputError(f"--regimes must be cold, warm or both, got {args.regimes!r}")
+        report = run_benchmark(args.model, scenes=args.scenes, seed=args.seed, questions=args.questions,
+                               max_new_tokens=args.max_new_tokens, draft_k=args.draft_k, batch_sizes=sizes, regimes=regimes,
+                               twin=not args.no_twin, twin_hidden=args.twin_hidden, twin_layers=args.twin_layers,
+                               device=args.device)
+    except ValueError as error:
+        print(f"evcascade.bench batch: {error}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    print(f"wrote {write_json(args.out, 'batch', report)}")
+    return 0 if report["outputs_identical"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

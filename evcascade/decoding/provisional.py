@@ -1,0 +1,126 @@
+"""Provisional answers: the best drafting level's own greedy answer, delivered before the target has spoken.
+
+An event drafter can say "the circle is moving right" a few milliseconds after the question, long before the
+target verifies anything. A robot may act on that provisional answer where being wrong is cheap, and wait for
+the verified answer (the target's own, lossless) otherwise. This module holds the three pure pieces:
+
+- ``provisional_level(levels)``: which level drafts it (the most informed model level: the last one that can
+  review, i.e. the top of the cascade; an n-gram only copies and cannot answer from nothing);
+- ``draft_answer(level, context, stopper)``: that level's greedy answer, in blocks, cut at the first stop
+  (EOS / max_new_tokens / stop strings) exactly as the target's answer is cut (``StopChecker``);
+- ``first_difference(provisional, verified)``: where the two answers first differ, in tokens and characters.
+
+The provisional answer never enters the verified one: the cascade decodes afterwards, losslessly, as always.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import torch
+
+from evcascade.decoding.drafters import DraftContext, Drafter
+from evcascade.decoding.stopping import StopChecker
+from evcascade.errors import InputError
+
+
+@dataclass(frozen=True)
+class ProvisionalAnswer:
+    """A drafting level's own answer, unverified. ``latency_s``: from the request's start to this answer.
+    After verification (``confirmed`` is then True or False) ``first_difference_token`` /
+    ``first_difference_char`` say where the verified answer first differs (None when equal)."""
+
+    text: str
+    token_ids: list[int]
+    level: str
+    latency_s: float
+    draft_s: float
+    """The level's own drafting time (its prefix, prefill and token steps)."""
+    provisional: bool = True
+    confirmed: bool | None = None
+    """None until the verified answer exists; then whether it is token for token this answer."""
+    first_difference_token: int | None = None
+    first_difference_char: int | None = None
+
+    def judged(self, verified_ids: Sequence[int], verified_text: str) -> "ProvisionalAnswer":
+        """This answer with the verdict against the verified answer filled in."""
+        token, char = first_difference(self.token_ids, verified_ids, self.text, verified_text)
+        return replace(self, confirmed=token is None, first_difference_token=token, first_difference_char=char)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "token_ids": list(self.token_ids), "level": self.level,
+                "latency_s": self.latency_s, "draft_s": self.draft_s, "provisional": True,
+                "confirmed": self.confirmed, "first_difference_token": self.first_difference_token,
+                "first_difference_char": self.first_difference_char}
+
+
+def provisional_level(levels: Sequence[Drafter]) -> Drafter:
+    """The level whose greedy answer is the provisional one: the last (most informed) level that can review,
+    i.e. a model level. Raises ``InputError`` for a cascade with none (an n-gram cannot answer alone).
+
+    >>> from evcascade.decoding.ngram import NGramDrafter
+    >>> provisional_level([NGramDrafter()])
+    Traceback (most recent call last):
+    ...
+    evcascade.errors.InputError: a provisional answer needs a model drafting level; this cascade has ['ngram']
+    """
+    models = [level for level in levels if level.can_review]
+    if not models:
+        raise InputError(f"a provisional answer needs a model drafting level; this cascade has "
+                         f"{[level.name for level in levels]}")
+    return models[-1]
+
+
+def draft_answer(level: Drafter, context: DraftContext, stopper: StopChecker, *, block: int = 4) -> list[int]:
+    """``level``'s greedy answer to ``context``: proposals of ``block`` tokens until ``stopper`` ends it.
+
+    Blocks of a few tokens keep the Python overhead per token small without drafting far past an EOS. A level
+    that proposes nothing ends the answer there (a model level always proposes)."""
+    if block < 1:
+        raise InputError(f"block must be >= 1, got {block}")
+    level.begin(context)
+    prompt_ids = context.prompt_ids
+    generated = prompt_ids.new_zeros(1, 0)  # [1, n]
+    while True:
+        room = stopper.max_new_tokens - generated.shape[1]
+        proposal = level.propose(generated, min(block, room)).token_ids.to(generated.device)  # [1, <= block]
+        if proposal.shape[1] == 0:
+            return generated[0].tolist()
+        stop = stopper.first_stop(torch.cat([prompt_ids, generated], dim=1), generated.shape[1], proposal)
+        if stop is not None:
+            return torch.cat([generated, proposal[:, : stop[0]]], dim=1)[0].tolist()
+        generated = torch.cat([generated, proposal], dim=1)
+
+
+def timed_draft_answer(level: Drafter, context: DraftContext, stopper: StopChecker, tokenizer, *,
+                       started_s: float, block: int = 4) -> ProvisionalAnswer:
+    """``draft_answer`` with its text and timings: ``latency_s`` counts from ``started_s`` (a ``perf_counter``)."""
+    began = time.perf_counter()
+    ids = draft_answer(level, context, stopper, block=block)
+    done = time.perf_counter()
+    text = tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None else ""
+    return ProvisionalAnswer(text, ids, level.name, done - started_s, done - began)
+
+
+def first_difference(provisional_ids: Sequence[int], verified_ids: Sequence[int], provisional_text: str = "",
+                     verified_text: str = "") -> tuple[int | None, int | None]:
+    """(first token index, first character index) where two answers differ; (None, None) when identical.
+    A shorter answer that is a prefix of the other differs at its own length.
+
+    >>> first_difference([5, 6, 7], [5, 6, 8], "a b c", "a b d")
+    (2, 4)
+    >>> first_difference([5, 6], [5, 6])
+    (None, None)
+    """
+    provisional_ids, verified_ids = list(provisional_ids), list(verified_ids)
+    if provisional_ids == verified_ids:
+        return None, None
+    token = next((i for i, (a, b) in enumerate(zip(provisional_ids, verified_ids)) if a != b),
+                 min(len(provisional_ids), len(verified_ids)))
+    if provisional_text == verified_text:
+        return token, None
+    char = next((i for i, (a, b) in enumerate(zip(provisional_text, verified_text)) if a != b),
+                min(len(provisional_text), len(verified_text)))
+    return token, char

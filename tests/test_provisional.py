@@ -1,0 +1,151 @@
+"""Provisional answers: the best drafting level's own greedy answer first, then the verified one judged against it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evcascade import Events, InputError, load_clip
+from evcascade.decoding.drafters import DraftContext
+from evcascade.decoding.model_drafter import ModelDrafter
+from evcascade.decoding.ngram import NGramDrafter
+from evcascade.decoding.provisional import (ProvisionalAnswer, draft_answer, first_difference, provisional_level)
+from evcascade.decoding.stopping import StopChecker
+from evcascade.live import LiveSession
+from evcascade.models.tiny import tiny_llama
+
+SAMPLE = Path(__file__).resolve().parents[1] / "evcascade" / "assets" / "sample"
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    from test_cascade import build_tiny_cascade
+
+    return build_tiny_cascade(seed=4)
+
+
+@pytest.fixture(scope="module")
+def clip(cascade):
+    return load_clip(SAMPLE / "events.h5", SAMPLE / "video.mp4", num_frames=cascade.num_frames)
+
+
+def greedy_one_by_one(model, prompt: list[int], steps: int) -> list[int]:
+    """The reference: the drafter LM's greedy tokens one full forward at a time (no cache)."""
+    ids = list(prompt)
+    for _ in range(steps):
+        with torch.no_grad():
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("block", [1, 3, 8])
+def test_draft_answer_is_the_levels_own_greedy_answer_cut_at_the_stop(block):
+    model = tiny_llama(vocab_size=40, seed=2)
+    prompt = [1, 7, 9, 3]
+    reference = greedy_one_by_one(model, prompt, 10)
+    level = ModelDrafter(model)
+    context = DraftContext(torch.tensor([prompt]))
+    assert draft_answer(level, context, StopChecker(eos_token_ids=(), max_new_tokens=10), block=block) == reference
+    eos = reference[4]  # a token of the answer made EOS: the answer ends at its first occurrence, kept
+    cut = reference[: reference.index(eos) + 1]
+    assert draft_answer(level, context, StopChecker(eos_token_ids=(eos,), max_new_tokens=10), block=block) == cut
+
+
+def test_the_provisional_level_is_the_top_model_level_and_an_ngram_alone_is_refused(cascade):
+    assert provisional_level(cascade.levels).name == "events+frame"
+    with pytest.raises(InputError, match="needs a model drafting level"):
+        provisional_level([NGramDrafter(name="ngram")])
+
+
+def test_first_difference_in_tokens_and_characters():
+    assert first_difference([1, 2, 3], [1, 2, 3], "a b c", "a b c") == (None, None)
+    assert first_difference([1, 2], [1, 2, 3], "a b", "a b c") == (2, 3)
+    assert first_difference([1, 5, 3], [1, 2, 3], "a x c", "a b c") == (1, 2)
+    early = ProvisionalAnswer("a x c", [1, 5, 3], "l2", 0.01, 0.01)
+    assert early.judged([1, 2, 3], "a b c").confirmed is False
+    assert early.judged([1, 5, 3], "a x c").confirmed is True
+
+
+def test_generate_delivers_the_provisional_first_and_the_verified_answer_is_unchanged(cascade, clip):
+    events: list = []
+
+    def on_provisional(early):
+        events.append(("provisional", early))
+
+    answer = cascade.generate(prompt="what is moving ?", clip=clip, max_new_tokens=10, provisional=on_provisional,
+                              on_text=lambda piece: events.append(("text", piece)))
+    plain = cascade.generate(prompt="what is moving ?", clip=clip, max_new_tokens=10)
+    target = cascade.generate(prompt="what is moving ?", clip=clip, max_new_tokens=10, mode="target")
+    assert events[0][0] == "provisional" and sum(kind == "provisional" for kind, _ in events) == 1
+    early = events[0][1]
+    assert early.provisional and early.level == "events+frame" and 0 < early.latency_s <= answer.latency_s
+    assert early.confirmed is None  # delivered before the verdict exists
+    assert answer.token_ids == plain.token_ids == target.token_ids  # lossless, provisional or not
+    judged = answer.provisional
+    assert judged.token_ids == early.token_ids
+    assert judged.confirmed == (early.token_ids == answer.token_ids)
+    if not judged.confirmed:
+        index = judged.first_difference_token
+        assert early.token_ids[:index] == answer.token_ids[:index]
+    # the provisional answer is the level's own greedy answer on the same context
+    level = provisional_level(cascade.levels)
+    built = cascade.prompter("what is moving ?")
+    context = DraftContext(built.text_ids, events=clip.events, video=clip.video)
+    stopper = StopChecker(eos_token_ids=cascade.verifier.eos_token_ids, max_new_tokens=10)
+    assert draft_answer(level, context, stopper) == early.token_ids
+    assert answer.to_dict()["provisional"]["confirmed"] == judged.confirmed
+    with pytest.raises(InputError, match="provisional must be a callable"):
+        cascade.generate(prompt="what is moving ?", clip=clip, max_new_tokens=4, provisional="yes")
+
+
+def test_live_session_ask_with_provisional_yields_it_before_the_verified_answer(cascade):
+    session = LiveSession(cascade, (32, 24), event_window_us=100_000, video_window_us=400_000)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        session.push_frame(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), timestamp_us=i * 50_000)
+    t = np.sort(rng.integers(0, 400_000, 500))
+    session.push_events(Events.from_arrays(rng.integers(0, 32, 500), rng.integers(0, 24, 500), t,
+                                           rng.integers(0, 2, 500), (32, 24)))
+    first, second = list(session.ask("what is moving ?", provisional=True, max_new_tokens=6))
+    assert isinstance(first, ProvisionalAnswer) and first.confirmed is None
+    assert second.provisional is not None and second.provisional.token_ids == first.token_ids
+    plain = session.ask("what is moving ?", max_new_tokens=6)
+    assert plain.token_ids == second.token_ids and plain.provisional is None
+    with pytest.raises(InputError, match="max_new_tokens"):  # an error on the worker reaches the asking thread
+        list(session.ask("what is moving ?", provisional=True, max_new_tokens=0))
+
+
+def test_cli_provisional_prints_it_first_and_the_verdict(cascade, tmp_path, capsys):
+    from evcascade import infer
+
+    folder = tmp_path / "cascade"
+    cascade.save_pretrained(folder)
+    base = ["--events", str(SAMPLE / "events.h5"), "--video", str(SAMPLE / "video.mp4"), "--model", str(folder),
+            "--max-new-tokens", "6"]
+    assert infer.main(base + ["--provisional"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("provisional (events+frame, ") and "unverified" in out[0]
+    assert out[1].startswith("answer: ")
+    assert any(line.startswith("verified in ") and ("confirmed" in line or "differs" in line) for line in out)
+    assert infer.main(base + ["--provisional", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["provisional"]["provisional"] is True and result["provisional"]["level"] == "events+frame"
+    assert result["provisional"]["confirmed"] == (result["provisional"]["token_ids"] == result["token_ids"])
+
+
+def test_ask_times_out_with_a_clear_error_instead_of_hanging(cascade):
+    session = LiveSession(cascade, (32, 24), event_window_us=100_000, video_window_us=400_000)
+    rng = np.random.default_rng(2)
+    for i in range(8):
+        session.push_frame(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), timestamp_us=i * 50_000)
+    with cascade._lock:  # another request holds the verifier
+        with pytest.raises(TimeoutError, match="within timeout_s=0.3"):
+            session.ask("what is moving ?", max_new_tokens=3, timeout_s=0.3)
+        with pytest.raises(TimeoutError, match="within timeout_s=0.3"):
+            next(iter(session.ask("what is moving ?", max_new_tokens=3, provisional=True, timeout_s=0.3)))
+    # the verifier free again, the same ask answers
+    assert len(session.ask("what is moving ?", max_new_tokens=3, timeout_s=60).token_ids) == 3
