@@ -156,7 +156,9 @@ def test_sampled_answers_follow_the_target(config):
         counts[sum(t * V ** (NUM_TOKENS - 1 - i) for i, t in enumerate(tokens))] += 1
         accepted += sum(level.accepted for level in result.stats.levels)
         inner += sum(sum(level.inner_drafted_by_position) for level in result.stats.levels)
-    assert accepted > runs // 10  # the drafts really went through acceptance (coupled by default)
+    # the drafts really went through acceptance (coupled by default); an adaptive policy drafts as its measured
+    # timings say it pays, which on a loaded machine can be rarely: there its periodic exploration must still draft
+    assert accepted > (runs // 10 if settings.get("adaptive") is False else 0)
     if config == "ngram-bigram-vertical":
         assert inner > 0  # and through the inner review of the vertical cascade
     params = GenerationOptions(do_sample=True, **{k: v for k, v in settings.items()
