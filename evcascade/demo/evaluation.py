@@ -8,6 +8,7 @@ is asked about its own window (``ScenePool.windows_us``), so a record carries th
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -85,3 +86,48 @@ def _kind_order(kind: str) -> int:
     from evcascade.data.questions import QUESTION_KINDS
 
     return QUESTION_KINDS.index(kind) if kind in QUESTION_KINDS else len(QUESTION_KINDS)
+
+
+def evaluate_cascade(cascade, manifest_path, *, mode: str = "cascade", max_entries: int | None = None,
+                     progress: bool = False) -> tuple[dict, list[dict]]:
+    """Accuracy of a cascade's greedy answers on a world written to disk (``evcascade.data.layout.write_world``):
+    every question of every manifest entry, asked the way a user asks (``Cascade.generate`` on the entry's events
+    and mp4 video, ``start_us`` / ``end_us`` when the entry has a window), scored against ``qa_pairs`` of the scene
+    over the window the clip loader actually cut (the recordings' overlap for a whole-clip entry).
+
+    Returns ``({"per_kind": accuracy_table, "per_window": window_table, "tau": {kind: mean tau}}, records)``.
+    """
+    from evcascade.data.layout import read_manifest
+    from evcascade.data.questions import qa_pairs
+    from evcascade.data.world import WorldConfig, sample_scene
+
+    manifest = read_manifest(manifest_path)
+    config = WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()})
+    entries = manifest["scenes"][:max_entries]
+    if progress:
+        from tqdm import tqdm
+
+        entries = tqdm(entries, desc="evaluate", unit="clip")
+    records = []
+    for entry in entries:
+        scene = sample_scene(int(entry["seed"]), config)
+        window = {"start_us": entry.get("start_us"), "end_us": entry.get("end_us")}
+        for question in entry["prompts"]:
+            with warnings.catch_warnings():  # a window holding one frame repeats it, as asked: no news here
+                warnings.filterwarnings("ignore", message=".*repeated to", category=UserWarning)
+                answer = cascade.generate(entry["events"], entry["video"], question, mode=mode, **window)
+            start_us, end_us = answer.inputs["window_us"]
+            qa = next(qa for qa in qa_pairs(scene, (start_us, end_us), fps=config.fps) if qa.question == question)
+            stats = answer.stats.to_dict()
+            records.append({"id": entry["id"], "seed": int(entry["seed"]), "window_us": [start_us, end_us],
+                            "window_ms": (end_us - start_us) / 1000, "kind": qa.kind, "question": question,
+                            "answer": qa.answer, "generated": answer.text.strip(),
+                            "correct": qa.is_correct(answer.text), "tokens": len(answer.token_ids),
+                            "tau": stats.get("tau")})
+    tau: dict = {}
+    for record in records:
+        if record["tau"] is not None:
+            tau.setdefault(record["kind"], []).append(record["tau"])
+    return {"per_kind": accuracy_table(records), "per_window": window_table(records),
+            "tau": {k: float(np.mean(v)) for k, v in tau.items()},
+            "tokens": {k: float(np.mean([r["tokens"] for r in records if r["kind"] == k])) for k in tau}}, records
