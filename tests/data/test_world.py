@@ -364,9 +364,10 @@ def test_make_world_script(tmp_path, capsys):
     from evcascade.data.layout import read_manifest
 
     argv = ["--out", str(tmp_path / "w"), "--num-scenes", "1", "--seed", "4", "--duration-us", "300000",
-            "--no-progress"]
+            "--windows-per-scene", "1", "--no-progress"]
     assert run_script("make_world.py", argv) == 0
     manifest = read_manifest(tmp_path / "w" / "manifest.json")
+    assert [e["id"] for e in manifest["scenes"]] == ["scene_00000", "scene_00000_w0"]
     assert manifest["config"]["duration_us"] == 300_000 and manifest["scenes"][0]["seed"] == scene_seeds(4, 1)[0]
     assert run_script("make_world.py", ["--out", str(tmp_path / "x"), "--num-scenes", "1", "--max-objects", "9"]) == 2
     assert "max_objects" in capsys.readouterr().err

@@ -340,3 +340,39 @@ def test_mp4_pool_matches_what_read_video_returns(pool, tmp_path):
     reference = read_video(write_video(tmp_path / "clip.mp4", sample.video, config.fps), TINY.num_frames).frames
     np.testing.assert_array_equal(decoded.frames[0], reference)
     assert 0 < np.abs(decoded.frames.astype(int) - one.frames.astype(int)).mean() < 10
+
+
+def test_evaluate_cascade_scores_each_clip_window_as_the_loader_cuts_it(tmp_path):
+    """``evaluate_cascade`` asks every question of every manifest entry through ``generate`` with the entry's window
+    and scores it against the questions of the window the clip loader cut; a stub that knows the scene answers."""
+    from evcascade.clip import load_clip
+    from evcascade.data.layout import read_manifest, write_world
+    from evcascade.data.world import sample_scene
+    from evcascade.demo.evaluation import evaluate_cascade
+
+    config = WorldConfig(duration_us=600_000, fps=20.0, event_fps=150.0)
+    manifest = write_world(tmp_path / "w", num_scenes=1, seed=3, config=config, windows_per_scene=1)
+    entries = read_manifest(manifest)["scenes"]
+    scene = sample_scene(entries[0]["seed"], config)
+
+    class Stats:
+        def to_dict(self):
+            return {"tau": 2.0}
+
+    class Stub:
+        def generate(self, events, video, prompt, *, mode, start_us=None, end_us=None):
+            clip = load_clip(events, video, start_us=start_us, end_us=end_us, num_frames=2)
+            qa = next(q for q in qa_pairs(scene, (clip.start_us, clip.end_us)) if q.question == prompt)
+            text = "no ." if qa.kind == "detail" else qa.answer
+            return type("A", (), {"text": text, "token_ids": text.split(), "stats": Stats(),
+                                  "inputs": {"window_us": [clip.start_us, clip.end_us]}})()
+
+    summary, records = evaluate_cascade(Stub(), manifest)
+    assert len(records) == sum(len(e["prompts"]) for e in entries)
+    assert summary["per_kind"]["detail"]["accuracy"] == 0.0
+    assert all(v["accuracy"] == 1.0 for k, v in summary["per_kind"].items() if k not in ("detail", "mean"))
+    whole = load_clip(entries[0]["events"], entries[0]["video"], num_frames=2)
+    assert records[0]["window_us"] == [whole.start_us, whole.end_us]  # the recordings' overlap, not [0, 600 ms)
+    assert {r["window_ms"] for r in records[len(entries[0]["prompts"]):]} == {
+        (entries[1]["end_us"] - entries[1]["start_us"]) / 1000}
+    assert sum(t["detail"]["total"] for t in summary["per_window"].values()) == 2 and summary["tau"]["count"] == 2.0
