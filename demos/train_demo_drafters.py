@@ -32,8 +32,8 @@ window of it, the bundled target fine-tuned on it (video tower frozen, ``--phras
 the detailed captions' words and the embeddings with ``resize_token_embeddings``), the bundled draft LMs grown the
 same way as warm starts (stage ``warm``), cache, distill L1 and L2, assemble; then copy the cascade over the bundle::
 
-    python demos/train_demo_drafters.py --variant windows --world-scenes 800
-    cp -r runs/windows/cascade/. evcascade/assets/demo_cascade/
+    python demos/train_demo_drafters.py --variant windows --world-scenes 400 --distill-steps 1000 --eval-scenes 20
+    cp -r runs/windows/cascade/. evcascade/assets/demo_cascade/     # only once it beats the bundle (train/README.md)
 """
 
 from __future__ import annotations
@@ -77,17 +77,23 @@ VARIANTS = {  # configs per variant: cache, align (None: the distill configs' al
                                "50 ms - 1.5 s, verifying prompt-lookup drafts, an L1 event drafter and an L2 event + "
                                "key-frame drafter (demos/train_demo_drafters.py --variant windows)."},
 }
-TARGET_ARGS = {  # each variant's fine-tune of the bundled target (demos/train_demo_target.py's docstring)
-    "paraphrase": (
+TARGET_ARGS = {  # each variant's fine-tune(s) of the bundled target, in order; the last one writes <cascade>/target
+    "paraphrase": [(
         "--init", str(BUNDLED_TARGET), "--freeze-vision", "--phrasing", "uniform", "--vision-warmup-fraction", "0",
         "--curriculum-fraction", "0", "--vision-weight", "0", "--scene-weight", "0", "--lr", "5e-4",
         "--warmup-steps", "50", "--train-scenes", "4000", "--no-mp4-eval", "--minutes", "12",
-    ),
-    "windows": (  # run from the first bundled target (git show a275299:evcascade/assets/demo_cascade/target/...)
+    )],
+    "windows": [(  # from the first bundled target (57 words): the tokenizer grows, the LM learns windows and details
         "--init", str(BUNDLED_TARGET), "--freeze-vision", "--phrasing", "skewed", "--windows-per-scene", "3",
         "--vision-warmup-fraction", "0", "--curriculum-fraction", "0", "--vision-weight", "0", "--scene-weight",
         "0.5", "--lr", "8e-4", "--warmup-steps", "100", "--train-scenes", "4000", "--no-mp4-eval", "--minutes", "25",
-    ),
+        "--out", "runs/windows/target_stage1",
+    ), (  # then more whole clips (half the windows), where "far" lives: stage 1 said "a little" for most fast objects
+        "--init", "runs/windows/target_stage1", "--freeze-vision", "--phrasing", "skewed", "--windows-per-scene", "2",
+        "--full-window-probability", "0.5", "--vision-warmup-fraction", "0", "--curriculum-fraction", "0",
+        "--vision-weight", "0", "--scene-weight", "0.3", "--lr", "4e-4", "--warmup-steps", "50", "--train-scenes",
+        "2000", "--no-mp4-eval", "--minutes", "10",
+    )],
 }
 
 
@@ -239,10 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         elif stage == "target":
             import subprocess
 
-            command = [sys.executable, str(ROOT / "demos" / "train_demo_target.py"), *TARGET_ARGS[args.variant],
-                       "--out", str(args.cascade / "target")]
-            if subprocess.run(command).returncode != 0:
-                raise SystemExit(f"`{' '.join(command)}` failed")
+            stages = TARGET_ARGS[args.variant]
+            for i, stage_args in enumerate(stages):
+                out = ("--out", str(args.cascade / "target")) if i == len(stages) - 1 else ()
+                command = [sys.executable, str(ROOT / "demos" / "train_demo_target.py"), *stage_args, *out]
+                if subprocess.run(command).returncode != 0:
+                    raise SystemExit(f"`{' '.join(command)}` failed")
         elif stage == "warm":
             warm_start(Path(variant["warm"]), args.cascade / "target")
         elif stage == "cache":

@@ -14,6 +14,22 @@ every answer, its video tower and projector frozen (so the drafters' alignment t
         --phrasing uniform --vision-warmup-fraction 0 --curriculum-fraction 0 --vision-weight 0 --scene-weight 0 \
         --lr 5e-4 --warmup-steps 50 --train-scenes 4000 --no-mp4-eval --minutes 12 --out runs/paraphrase/target
 
+The windows-world target (detailed captions, questions about windows of 50 ms - 1.5 s; ``--windows-per-scene``)
+is the shipped one fine-tuned in two stages, video tower frozen, the tokenizer grown by the detailed captions'
+words and the embeddings with ``resize_token_embeddings`` (``demos/train_demo_drafters.py``'s ``TARGET_ARGS``
+hold both commands; figures in ``train/README.md``)::
+
+    python demos/train_demo_target.py --init evcascade/assets/demo_cascade/target --freeze-vision --phrasing skewed \
+        --windows-per-scene 3 --vision-warmup-fraction 0 --curriculum-fraction 0 --vision-weight 0 --scene-weight 0.5 \
+        --lr 8e-4 --warmup-steps 100 --train-scenes 4000 --no-mp4-eval --minutes 25 --out runs/windows/target_stage1
+    python demos/train_demo_target.py --init runs/windows/target_stage1 --freeze-vision --phrasing skewed \
+        --windows-per-scene 2 --full-window-probability 0.5 --vision-warmup-fraction 0 --curriculum-fraction 0 \
+        --vision-weight 0 --scene-weight 0.3 --lr 4e-4 --warmup-steps 50 --train-scenes 2000 --no-mp4-eval \
+        --minutes 10 --out runs/windows/cascade/target
+
+With ``--windows-per-scene`` the held-out scenes are also asked about one shorter window each, and the table per
+window length (``evcascade.demo.evaluation.WINDOW_BINS_MS``) is printed and saved (``per_window``).
+
 What it does: render a pool of training scenes (cached under ``--cache-dir``), train the VideoLlava with
 the scene-graph recipe of ``evcascade.demo.target`` for ``--minutes`` of wall time (a tqdm bar shows the
 losses), then answer every question of ``--eval-scenes`` held-out scenes (seeds disjoint from training)
