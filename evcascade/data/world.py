@@ -3,7 +3,8 @@
 A `Scene` is a small scene graph: a few objects (shape, colour, size) that each move in a straight
 line (left / right / up / down, slow or fast) or stay put, over a textured background, seen by a
 camera that may pan. From it come an RGB video, events (the video-to-event simulator run on a
-higher-rate render) and questions with short fixed answers (``evcascade.data.questions``).
+higher-rate render) and questions with fixed answers (``evcascade.data.questions``), about the whole clip or a
+window of it (motion as the window's frames show it: ``Scene.observed_motion``, ``MOTION_THRESHOLD_PX``).
 
 Each modality carries what it carries in reality: events see motion and edges but no colour and,
 with a still camera, nothing of static objects; one frame sees colour and shape but not motion;
@@ -151,6 +152,7 @@ def sample_window_us(rng: np.random.Generator, config: WorldConfig, *, full_prob
     log-uniformly in ``[min_us, duration]`` (as many 50-100 ms windows as 0.75-1.5 s ones) at a uniform start."""
     if rng.random() < full_probability:
         return 0, config.duration_us
+    min_us = min(int(min_us), config.duration_us)  # a clip shorter than the shortest window: the whole clip
     length_us = int(np.exp(rng.uniform(np.log(min_us), np.log(config.duration_us))))
     start_us = int(rng.integers(0, config.duration_us - length_us + 1))
     return start_us, start_us + length_us
