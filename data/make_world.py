@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             kind = type(getattr(defaults, field.name))
             parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=getattr(defaults, field.name),
                                 help=f"WorldConfig.{field.name} (default %(default)s)")
+    parser.add_argument("--windows-per-scene", type=int, default=0,
+                        help="entries per scene asking about a window of 50 ms - 1.5 s of it, besides the whole clip")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         config = WorldConfig(**{f.name: (tuple(v) if isinstance(v := getattr(args, f.name), list) else v)
                                 for f in fields(WorldConfig)})
         started = time.perf_counter()
-        manifest = write_world(args.out, args.num_scenes, args.seed, config, progress=not args.no_progress)
+        manifest = write_world(args.out, args.num_scenes, args.seed, config,
+                               windows_per_scene=args.windows_per_scene, progress=not args.no_progress)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

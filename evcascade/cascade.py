@@ -45,6 +45,10 @@ from evcascade.errors import InputError
 BUNDLED = "bundled"
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_DIR = ASSETS / "demo_cascade"
+# the same target fine-tuned on detailed captions and 50 ms - 1.5 s windows (demos/train_demo_drafters.py --variant
+# windows): long answers, short windows; weaker than the default on two whole-clip kinds (README, the demo target)
+BUNDLED_WINDOWS = "bundled-windows"
+BUNDLED_WINDOWS_DIR = ASSETS / "demo_cascade_windows"
 CASCADE_PRESET_DIR = ASSETS / "presets" / "cascades"
 CONFIG_NAME = "cascade.json"
 FORMAT = "evcascade.cascade"
@@ -52,17 +56,18 @@ DEFAULT_PROMPT = "what is moving ?"
 
 
 def list_cascade_presets() -> list[str]:
-    """Names accepted by ``--model`` besides ``bundled`` and folders."""
+    """Names accepted by ``--model`` besides ``bundled`` / ``bundled-windows`` and folders."""
     return sorted(p.stem for p in CASCADE_PRESET_DIR.glob("*.json"))
 
 
 def resolve_model(name: str) -> Path | None:
     """The cascade.json that ``name`` means, or None when it is ``bundled`` and no demo cascade is installed.
 
-    ``name`` is ``"bundled"``, a preset name (``list_cascade_presets()``) or a folder holding cascade.json.
+    ``name`` is ``"bundled"`` (or ``"bundled-windows"``), a preset name (``list_cascade_presets()``) or a folder
+    holding cascade.json.
     """
-    if name == BUNDLED:
-        path = BUNDLED_DIR / CONFIG_NAME
+    if name in (BUNDLED, BUNDLED_WINDOWS):
+        path = (BUNDLED_DIR if name == BUNDLED else BUNDLED_WINDOWS_DIR) / CONFIG_NAME
         return path if path.is_file() else None
     preset = CASCADE_PRESET_DIR / f"{name}.json"
     if preset.is_file():
@@ -73,7 +78,7 @@ def resolve_model(name: str) -> Path | None:
             raise InputError(f"--model {name!r}: the folder has no {CONFIG_NAME} (write one with Cascade.save_pretrained)")
         return folder / CONFIG_NAME
     raise InputError(
-        f"--model {name!r} is not 'bundled', a preset ({', '.join(list_cascade_presets())}) or a folder with "
+        f"--model {name!r} is not 'bundled', 'bundled-windows', a preset ({', '.join(list_cascade_presets())}) or a folder with "
         f"{CONFIG_NAME}; omit --model for the bundled default"
     )
 

@@ -119,7 +119,9 @@ def test_bad_requests_name_the_bad_value(kwargs, match):
 
 def test_model_resolution_errors(tmp_path):
     assert resolve_model("bundled") is None or resolve_model("bundled").name == "cascade.json"
-    with pytest.raises(InputError, match="not 'bundled', a preset"):
+    windows = resolve_model("bundled-windows")
+    assert windows is None or windows.parent.name == "demo_cascade_windows"
+    with pytest.raises(InputError, match="not 'bundled', 'bundled-windows', a preset"):
         resolve_model(str(tmp_path / "nowhere"))
     with pytest.raises(InputError, match="has no cascade.json"):
         resolve_model(str(tmp_path))

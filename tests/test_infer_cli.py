@@ -92,7 +92,7 @@ def test_model_folder_answers_streamed_and_as_json(tiny_model, capsys):
     (["--dtype", "int8"], "invalid choice: 'int8'"),
     (["--mode", "fast"], "invalid choice: 'fast'"),
     (["--prompt", "  "], "--prompt is empty"),
-    (["--model", "/no/such/folder"], "'/no/such/folder' is not 'bundled', a preset"),
+    (["--model", "/no/such/folder"], "'/no/such/folder' is not 'bundled', 'bundled-windows', a preset"),
     (["--start-us", "50000000000", "--end-us", "50000001000"], "50000000000"),
     (["--num-frames", "x"], "invalid int value: 'x'"),
     (["--lenience", "0.5"], "--lenience 0.5 needs a lossy --acceptance rule"),

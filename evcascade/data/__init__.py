@@ -1,8 +1,8 @@
 """Data: the synthetic world (scenes, rendering, questions, DSEC-like folders on disk).
 
 >>> from evcascade.data import sample_scene, qa_pairs
->>> [qa.kind for qa in qa_pairs(sample_scene(seed=0))][:2]
-['caption', 'moving']
+>>> [qa.kind for qa in qa_pairs(sample_scene(seed=0))][:3]
+['caption', 'detail', 'moving']
 """
 
 from __future__ import annotations

@@ -12,6 +12,12 @@
 Prompts in the manifest are bare questions (``what is moving ?``); the model's chat template is
 added by whoever feeds a model. A scene's seed is derived from the set seed and its index
 (``scene_seeds``), so scene 7 is the same whether 10 or 10 000 scenes are written.
+
+With ``windows_per_scene`` each scene also gets that many entries asking about a window of it
+(``scene_00007_w0``: the same files, ``start_us`` / ``end_us`` on the events' clock, the window's questions and
+answers, ``qa_pairs(scene, window)``), windows drawn by ``sample_window_us`` (50 ms - 1.5 s) from the scene's seed.
+A scene folder already written for the same seed is kept (its annotations refreshed), so a world can be re-asked
+without rendering it again.
 """
 
 from __future__ import annotations
@@ -20,7 +26,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from evcascade.data.world import WorldConfig, WorldSample, make_world_sample, scene_seeds
+import numpy as np
+
+from evcascade.data.world import (
+    WorldConfig, WorldSample, make_world_sample, sample_scene, sample_window_us, scene_seeds,
+)
 from evcascade.errors import InputError
 
 MANIFEST_VERSION = 1
@@ -62,11 +72,53 @@ def write_scene(sample: WorldSample, folder, config: WorldConfig | None = None) 
     return notes
 
 
+def _refresh_scene(folder: Path, scene_seed: int, config: WorldConfig) -> dict | None:
+    """The notes of a scene folder already written for ``scene_seed`` with ``config``, its caption and questions
+    asked again (they may have changed since); None when the folder is missing, incomplete or another scene's."""
+    from evcascade.data.questions import caption, qa_pairs
+
+    path = folder / "annotations.json"
+    if not all((folder / name).is_file() for name in ("events.h5", "video.mp4", "annotations.json")):
+        return None
+    try:
+        notes = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if notes.get("scene", {}).get("seed") != scene_seed or notes.get("config") != config_dict(config):
+        return None
+    scene = sample_scene(scene_seed, config)
+    notes["caption"], notes["qa"] = caption(scene), [qa.to_dict() for qa in qa_pairs(scene, fps=config.fps)]
+    path.write_text(json.dumps(notes, indent=1))
+    return notes
+
+
+def _recorded_window(rng: np.random.Generator, notes: dict, config: WorldConfig) -> tuple[int, int]:
+    """A window (``sample_window_us``) cut to what both recordings hold, as the training stages require
+    (``evcascade.clip.clip_window``): events from the first to one past the last, frames to one past the last;
+    drawn again in the rare case that the cut holds no frame."""
+    frame_times_us = config.frame_times_us()
+    lo_us = max(int(notes["events"]["start_us"]), int(frame_times_us[0]))
+    hi_us = min(int(notes["events"]["end_us"]), int(frame_times_us[-1]) + 1)
+    for _ in range(100):
+        start_us, end_us = sample_window_us(rng, config, full_probability=0.0)
+        start_us, end_us = max(start_us, lo_us), min(end_us, hi_us)
+        if start_us < end_us and ((frame_times_us >= start_us) & (frame_times_us < end_us)).any():
+            return start_us, end_us
+    raise InputError(f"no window of the recordings [{lo_us}, {hi_us}) us holds a frame")
+
+
 def write_world(out_dir, num_scenes: int, seed: int = 0, config: WorldConfig | None = None, *,
-                progress: bool = False) -> Path:
-    """Generate ``num_scenes`` scenes from ``seed`` into ``out_dir``; returns the path of ``manifest.json``."""
+                windows_per_scene: int = 0, progress: bool = False) -> Path:
+    """Generate ``num_scenes`` scenes from ``seed`` into ``out_dir``; returns the path of ``manifest.json``.
+
+    ``windows_per_scene``: entries per scene asking about a window of it, besides the whole clip (module docstring).
+    """
+    from evcascade.data.questions import qa_pairs
+
     if isinstance(num_scenes, bool) or not isinstance(num_scenes, int) or num_scenes < 1:
         raise InputError(f"num_scenes must be an integer >= 1, got {num_scenes!r}")
+    if isinstance(windows_per_scene, bool) or not isinstance(windows_per_scene, int) or windows_per_scene < 0:
+        raise InputError(f"windows_per_scene must be an integer >= 0, got {windows_per_scene!r}")
     config = config or WorldConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +131,9 @@ def write_world(out_dir, num_scenes: int, seed: int = 0, config: WorldConfig | N
     entries = []
     for index, scene_seed in iterator:
         name = f"scene_{index:05d}"
-        notes = write_scene(make_world_sample(scene_seed, config), out_dir / name, config)
+        notes = _refresh_scene(out_dir / name, scene_seed, config)
+        if notes is None:
+            notes = write_scene(make_world_sample(scene_seed, config), out_dir / name, config)
         entries.append({
             "id": name, "seed": scene_seed,
             "events": f"{name}/events.h5", "video": f"{name}/video.mp4", "annotations": f"{name}/annotations.json",
@@ -89,6 +143,14 @@ def write_world(out_dir, num_scenes: int, seed: int = 0, config: WorldConfig | N
             "kinds": [qa["kind"] for qa in notes["qa"]],
             "needs": [qa["needs"] for qa in notes["qa"]],
         })
+        rng = np.random.default_rng([scene_seed, 11])
+        scene, whole = (sample_scene(scene_seed, config) if windows_per_scene else None), entries[-1]
+        for j in range(windows_per_scene):
+            start_us, end_us = _recorded_window(rng, notes, config)
+            qas = qa_pairs(scene, (start_us, end_us), fps=config.fps)
+            entries.append({**whole, "id": f"{name}_w{j}", "start_us": start_us, "end_us": end_us,
+                            "prompts": [qa.question for qa in qas], "answers": [qa.answer for qa in qas],
+                            "kinds": [qa.kind for qa in qas], "needs": [qa.needs for qa in qas]})
     manifest = {"version": MANIFEST_VERSION, "generator": "evcascade.data.world", "seed": seed,
                 "config": config_dict(config), "scenes": entries}
     path = out_dir / "manifest.json"

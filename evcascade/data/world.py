@@ -3,7 +3,8 @@
 A `Scene` is a small scene graph: a few objects (shape, colour, size) that each move in a straight
 line (left / right / up / down, slow or fast) or stay put, over a textured background, seen by a
 camera that may pan. From it come an RGB video, events (the video-to-event simulator run on a
-higher-rate render) and questions with short fixed answers (``evcascade.data.questions``).
+higher-rate render) and questions with fixed answers (``evcascade.data.questions``), about the whole clip or a
+window of it (motion as the window's frames show it: ``Scene.observed_motion``, ``MOTION_THRESHOLD_PX``).
 
 Each modality carries what it carries in reality: events see motion and edges but no colour and,
 with a still camera, nothing of static objects; one frame sees colour and shape but not motion;
@@ -45,6 +46,20 @@ _DIRECTION_VECTORS: dict[str, tuple[float, float]] = {
 _RADIUS_FRACTION: dict[str, float] = {"big": 0.16, "small": 0.10}
 _SPEED_FRACTION: dict[str, float] = {"static": 0.0, "slow": 0.12, "fast": 0.30}
 _CAMERA_SPEED_FRACTION = 0.12
+
+MOTION_THRESHOLD_PX = 2.5
+"""An object *moves* in a window when its centre travels at least this far between the window's first and last
+frames. Those are the frames a model sees (``Video.sample`` keeps the first and the last), and the window's events
+span at least as long, so below it neither shows motion worth naming: a fast object needs 150 ms between those
+frames (2.9 px; 100 ms is 1.9 px), a slow one 350 ms (2.7 px; 300 ms is 2.3 px), and a window holding a single frame
+shows none. With frames 50 ms apart the displacements are discrete; 2.5 px sits between neighbours of both speeds.
+"""
+FAR_THRESHOLD_PX = 16.0
+"""A moving object travels *far* in a window (else *a little*) when it covers at least this many pixels (a patch of
+the demo target). Over a whole default clip this is the world's speed (slow ~11 px, fast ~28 px); in a shorter
+window two frames show how far, never how fast (nothing tells a model the window's length)."""
+MIN_WINDOW_US = 50_000
+"""Shortest window the world asks about (``sample_window_us``): one frame at 20 fps."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,33 @@ class WorldConfig:
     def event_render_times_us(self) -> np.ndarray:
         """Timestamps of the frames rendered for the event simulator, ``int64 [T_events]``."""
         return _times_us(self.duration_us, self.event_fps)
+
+
+def window_frame_times_us(config: WorldConfig, window_us: tuple[int, int] | None = None) -> np.ndarray:
+    """Timestamps of the video frames inside ``window_us = (start_us, end_us)`` (half-open, as ``Video.window``);
+    None is the whole clip. Raises ``InputError`` for a window that holds no frame."""
+    times_us = config.frame_times_us()
+    if window_us is None:
+        return times_us
+    start_us, end_us = (int(t) for t in window_us)
+    if not 0 <= start_us < end_us:
+        raise InputError(f"a window needs 0 <= start_us < end_us, got ({start_us}, {end_us})")
+    inside = times_us[(times_us >= start_us) & (times_us < end_us)]
+    if len(inside) == 0:
+        raise InputError(f"window [{start_us}, {end_us}) us holds no frame at {config.fps} fps")
+    return inside
+
+
+def sample_window_us(rng: np.random.Generator, config: WorldConfig, *, full_probability: float = 0.25,
+                     min_us: int = MIN_WINDOW_US) -> tuple[int, int]:
+    """A window ``(start_us, end_us)`` to ask about: the whole clip with ``full_probability``, else a length drawn
+    log-uniformly in ``[min_us, duration]`` (as many 50-100 ms windows as 0.75-1.5 s ones) at a uniform start."""
+    if rng.random() < full_probability:
+        return 0, config.duration_us
+    min_us = min(int(min_us), config.duration_us)  # a clip shorter than the shortest window: the whole clip
+    length_us = int(np.exp(rng.uniform(np.log(min_us), np.log(config.duration_us))))
+    start_us = int(rng.integers(0, config.duration_us - length_us + 1))
+    return start_us, start_us + length_us
 
 
 def _times_us(duration_us: int, fps: float) -> np.ndarray:
@@ -212,6 +254,27 @@ class Scene:
         cam_x, cam_y = self.camera_offset_px(t_us)
         t_s = np.asarray(t_us, dtype=np.float64) / 1e6
         return obj.x0_px + vx * t_s - cam_x, obj.y0_px + vy * t_s - cam_y
+
+    def observed_motion(self, obj: SceneObject | None, frame_times_us: np.ndarray) -> tuple[str | None, str | None]:
+        """What the frames at ``frame_times_us`` (a window's, in time order) show of ``obj``'s motion (``None``: the
+        camera's): ``(direction, distance)``, ``(None, None)`` when its centre travels less than
+        ``MOTION_THRESHOLD_PX`` between the first and the last frame, else distance ``"far"`` (at least
+        ``FAR_THRESHOLD_PX``) or ``"little"``. Objects move in the world frame (the camera's pan is its own fact).
+
+        >>> ball = SceneObject("circle", "red", "big", 10.0, 20.0, 30.0, direction="left", speed="fast")
+        >>> scene = Scene(64, 64, 1_500_000, (ball,), Background((50.0, 50.0, 50.0), (0.0, 0.0)))
+        >>> [scene.observed_motion(ball, np.array(t)) for t in ([0, 1_450_000], [0, 200_000], [0, 50_000], [0])]
+        [('left', 'far'), ('left', 'little'), (None, None), (None, None)]
+        """
+        direction, speed = (obj.direction, obj.speed) if obj is not None else (self.camera_direction, "camera")
+        if direction is None:
+            return None, None
+        speed_px_s = (_CAMERA_SPEED_FRACTION if obj is None else _SPEED_FRACTION[speed]) * self.frame_side_px
+        times_us = np.asarray(frame_times_us, dtype=np.int64)
+        distance_px = speed_px_s * float(times_us[-1] - times_us[0]) / 1e6
+        if distance_px < MOTION_THRESHOLD_PX:
+            return None, None
+        return direction, ("far" if distance_px >= FAR_THRESHOLD_PX else "little")
 
     def to_dict(self) -> dict:
         """Plain JSON-ready data (``Scene.from_dict`` inverts it)."""
@@ -326,7 +389,7 @@ def render_sample(scene: Scene, config: WorldConfig | None = None, *, seed: int 
         render_frames(scene, event_times_us, config.supersample), event_times_us,
         contrast_threshold_pos=config.contrast_threshold, contrast_threshold_neg=config.contrast_threshold, seed=seed,
     )
-    return WorldSample(scene, video, events, caption(scene), tuple(qa_pairs(scene)))
+    return WorldSample(scene, video, events, caption(scene, fps=config.fps), tuple(qa_pairs(scene, fps=config.fps)))
 
 
 def make_world_sample(seed: int, config: WorldConfig | None = None) -> WorldSample:
@@ -341,5 +404,6 @@ def scene_seeds(seed: int, num_scenes: int) -> list[int]:
 
 __all__: Sequence[str] = (
     "WorldConfig", "SceneObject", "Background", "Scene", "WorldSample", "sample_scene", "sample_background",
-    "render_sample", "make_world_sample", "scene_seeds", "SHAPES", "COLOURS", "SIZES", "DIRECTIONS", "SPEEDS",
+    "render_sample", "make_world_sample", "scene_seeds", "window_frame_times_us", "sample_window_us",
+    "MOTION_THRESHOLD_PX", "FAR_THRESHOLD_PX", "MIN_WINDOW_US", "SHAPES", "COLOURS", "SIZES", "DIRECTIONS", "SPEEDS",
 )

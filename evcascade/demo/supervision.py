@@ -26,6 +26,9 @@ from evcascade.data.world import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS, Sce
 MOTIONS: tuple[str | None, ...] = (None, *DIRECTIONS)  # class 0 = static
 MAX_OBJECTS = 4
 IGNORE = -100  # cross-entropy's ignore index: absent objects and prompt tokens carry no label
+DISTANCE_CLASS: dict[str | None, str] = {None: "static", "little": "slow", "far": "fast"}
+"""``Scene.observed_motion``'s distance -> the speed slot it is trained in: over a whole clip they agree (slow objects
+move a little, fast ones far), and in a shorter window the distance is what two frames can show."""
 
 @dataclass(frozen=True)
 class SceneLabels:
@@ -34,15 +37,17 @@ class SceneLabels:
     present: torch.Tensor  # long [B, S]  0/1
     colour: torch.Tensor  # long [B, S]  index into COLOURS
     size: torch.Tensor  # long [B, S]  index into SIZES
-    motion: torch.Tensor  # long [B, S]  index into MOTIONS (0 = static)
-    speed: torch.Tensor  # long [B, S]  index into SPEEDS
+    motion: torch.Tensor  # long [B, S]  index into MOTIONS (0 = static): as the clip's frames show it
+    speed: torch.Tensor  # long [B, S]  index into SPEEDS: distance shown (static / a little / far, DISTANCE_CLASS)
     count: torch.Tensor  # long [B]     number of objects - 1
     xy: torch.Tensor  # float [B, T, S, 2] centre in the image, in [0, 1]; NaN where absent
     cell_owner: torch.Tensor  # long [B, T, G*G, C*C] per patch, its C x C cells: 0 = background, else 1 + shape slot
 
 
 def scene_labels(scenes: Sequence[Scene], frame_times_us: np.ndarray, grid: int, cells: int = 4) -> SceneLabels:
-    """The labels of ``scenes`` seen at ``frame_times_us`` through a ``grid`` x ``grid`` patch grid.
+    """The labels of ``scenes`` seen at ``frame_times_us`` (``[T]`` for all, or ``[B, T]``: each clip's window)
+    through a ``grid`` x ``grid`` patch grid. Motion and distance are what those frames show
+    (``Scene.observed_motion``, the rule the questions answer by).
 
     ``cell_owner`` is a coarse segmentation: each patch split into ``cells`` x ``cells`` cells, each cell labelled
     with the shape that covers its centre. It makes patch features encode outlines, which is what tells a
@@ -50,7 +55,9 @@ def scene_labels(scenes: Sequence[Scene], frame_times_us: np.ndarray, grid: int,
     """
     from evcascade.data.render import shape_mask
 
-    batch, frames, slots = len(scenes), len(frame_times_us), len(SHAPES)
+    times_us = np.asarray(frame_times_us, dtype=np.int64)
+    times_us = np.broadcast_to(times_us, (len(scenes), times_us.shape[-1]))  # [B, T]
+    batch, frames, slots = len(scenes), times_us.shape[1], len(SHAPES)
     present = torch.zeros(batch, slots, dtype=torch.long)
     colour, size, motion, speed = (torch.full((batch, slots), IGNORE, dtype=torch.long) for _ in range(4))
     count = torch.zeros(batch, dtype=torch.long)
@@ -65,8 +72,9 @@ def scene_labels(scenes: Sequence[Scene], frame_times_us: np.ndarray, grid: int,
             s = SHAPES.index(obj.shape)
             present[b, s] = 1
             colour[b, s], size[b, s] = COLOURS.index(obj.colour), SIZES.index(obj.size)
-            motion[b, s], speed[b, s] = MOTIONS.index(obj.direction), SPEEDS.index(obj.speed)
-            x_px, y_px = scene.image_positions_px(obj, frame_times_us)  # [T], [T]
+            direction, distance = scene.observed_motion(obj, times_us[b])
+            motion[b, s], speed[b, s] = MOTIONS.index(direction), SPEEDS.index(DISTANCE_CLASS[distance])
+            x_px, y_px = scene.image_positions_px(obj, times_us[b])  # [T], [T]
             xy[b, :, s, 0] = torch.as_tensor(x_px / scene.width, dtype=torch.float32)
             xy[b, :, s, 1] = torch.as_tensor(y_px / scene.height, dtype=torch.float32)
             for t in range(frames):

@@ -234,6 +234,7 @@ class ExampleEncoder:
 
     def batch(self, frames: np.ndarray, scenes: Sequence[Scene], frame_times_us: np.ndarray,
               questions: Sequence[str], answers: Sequence[str]) -> Batch:
+        """One batch; ``frame_times_us`` ``[T]`` or ``[B, T]`` are the times of ``frames`` (the scene labels')."""
         rows = [(self.prompt_ids(q), self.answer_ids(a)) for q, a in zip(questions, answers)]
         length = max(len(p) + len(a) for p, a in rows)
         pad = self.tokenizer.pad_token_id
@@ -286,7 +287,7 @@ def recipe_losses(model, heads: SceneGraphHeads, batch: Batch, *, summary_layer:
 
 
 # ------------------------------------------------------------------------------------------ training
-PHRASINGS: tuple[str, ...] = ("canonical", "uniform")
+PHRASINGS: tuple[str, ...] = ("canonical", "uniform", "skewed")
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,7 @@ class RecipeConfig:
     curriculum_fraction: float = 0.2
     """Share of the budget trained on one-object scenes only (then all scenes)."""
     kind_weights: tuple[tuple[str, float], ...] = (
-        ("caption", 3.0), ("moving", 1.5), ("direction", 1.5), ("colour", 1.0), ("count", 0.7),
+        ("caption", 3.0), ("detail", 3.0), ("moving", 1.5), ("direction", 1.5), ("colour", 1.0), ("count", 0.7),
         ("faster", 1.0), ("camera", 0.2),
     )
     """How often each question kind is drawn (kinds a scene lacks are skipped)."""
@@ -318,11 +319,18 @@ class RecipeConfig:
     jpeg_probability: float = 0.5
     """Share of training clips round-tripped through JPEG (``evcascade.demo.augment``), for decoded-video inputs."""
     phrasing: str = "canonical"
-    """``"canonical"``: every answer in its one canonical phrasing (the bundled target); ``"uniform"``: each
+    """``"canonical"``: every answer in its one canonical phrasing (the first bundled target); ``"uniform"``: each
     answer segment's phrasing drawn uniformly (``QA.phrase``), so the target learns to hesitate between words
-    that say the same thing (the paraphrase world, ``evcascade.data.questions``)."""
+    that say the same thing (the paraphrase world, ``evcascade.data.questions``); ``"skewed"``: each segment
+    canonical with ``canonical_probability``, another phrasing otherwise (greedy answers canonical, the other
+    phrasings still probable: the bundled target since the detailed captions)."""
+
+    canonical_probability: float = 0.6
+    """``phrasing="skewed"``: the probability that a segment is said in its canonical phrasing."""
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.canonical_probability <= 1.0:
+            raise InputError(f"RecipeConfig.canonical_probability must be in [0, 1], got {self.canonical_probability!r}")
         if self.phrasing not in PHRASINGS:
             raise InputError(f"RecipeConfig.phrasing must be one of {PHRASINGS}, got {self.phrasing!r}")
 
@@ -340,7 +348,8 @@ def lr_factor(progress: float, step: int, recipe: RecipeConfig) -> float:
 
 def draw_examples(pool, rng: np.random.Generator, batch_size: int, recipe: RecipeConfig, *,
                   max_objects: int | None = None) -> tuple[np.ndarray, list, list[str], list[str]]:
-    """A batch of (scene index, question, answer), one question per scene, kinds drawn by ``recipe.kind_weights``."""
+    """A batch of (entry index, question, answer), one question per pool entry (a scene and its window, asked about
+    that window: ``qa_pairs(scene, window_us)``), kinds drawn by ``recipe.kind_weights``."""
     from evcascade.data.questions import qa_pairs
 
     candidates = np.arange(len(pool))
@@ -350,14 +359,15 @@ def draw_examples(pool, rng: np.random.Generator, batch_size: int, recipe: Recip
     weights = dict(recipe.kind_weights)
     questions, answers = [], []
     for i in index:
-        qas = qa_pairs(pool.scenes[i])
+        qas = qa_pairs(pool.scenes[i], tuple(int(t) for t in pool.windows_us[i]))
         kinds = sorted({qa.kind for qa in qas if weights.get(qa.kind, 0) > 0})
         w = np.array([weights[k] for k in kinds])
         kind = kinds[rng.choice(len(kinds), p=w / w.sum())]
         options = [qa for qa in qas if qa.kind == kind]
         qa = options[rng.integers(len(options))]
         questions.append(qa.question)
-        answers.append(qa.phrase(rng) if recipe.phrasing == "uniform" else qa.answer)
+        answers.append(qa.answer if recipe.phrasing == "canonical" else
+                       qa.phrase(rng, recipe.canonical_probability if recipe.phrasing == "skewed" else None))
     return index, [pool.scenes[i] for i in index], questions, answers
 
 
@@ -387,7 +397,7 @@ def train_target(model, heads: SceneGraphHeads, encoder: ExampleEncoder, pool, *
         index, scenes, questions, answers = draw_examples(pool, rng, batch_size, recipe,
                                                           max_objects=1 if one_object and with_language else None)
         frames = jpeg_roundtrip(pool.frames[index], rng, probability=recipe.jpeg_probability)  # [B, T, H, W, 3]
-        batch = encoder.batch(frames, scenes, pool.frame_times_us, questions, answers)
+        batch = encoder.batch(frames, scenes, pool.frame_times_us[index], questions, answers)
         losses = recipe_losses(model, heads, batch, with_language=with_language)
         total = recipe.vision_weight * losses["vision"]
         if with_language:

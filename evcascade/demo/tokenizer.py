@@ -1,16 +1,18 @@
 """The demo target's tokenizer: one id per word of the synthetic world, shaped like Video-LLaVA's.
 
-Layout (as Video-LLaVA's Llama tokenizer, where ``<image>``/``<video>`` are 32000/32001, the last ids):
-``<unk> <s> </s> <pad>``, the chat template's ``USER:`` / ``ASSISTANT:``, the world's words
-(``evcascade.data.world_vocabulary()``, sorted), then ``<image>`` and ``<video>``. Text is split on
+Layout (as Video-LLaVA's Llama tokenizer, where ``<image>``/``<video>`` are 32000/32001, after the words):
+``<unk> <s> </s> <pad>``, the chat template's ``USER:`` / ``ASSISTANT:``, the world's first words
+(``evcascade.data.questions.first_vocabulary()``, sorted), ``<image>`` and ``<video>``, then the words the detailed
+captions added (``DETAIL_WORDS``), appended so that every earlier id stays what the bundled target was trained on
+(a model trained on the first vocabulary grows its embeddings with ``resize_token_embeddings``). Text is split on
 whitespace, so every question, answer and caption of the world tokenises without ``<unk>`` and decodes
 back to the same string (words joined by single spaces).
 
 >>> tok = world_tokenizer()
 >>> tok.decode(tok("the circle moves up .", add_special_tokens=False)["input_ids"])
 'the circle moves up .'
->>> tok.convert_ids_to_tokens([len(tok) - 2, len(tok) - 1])
-['<image>', '<video>']
+>>> tok.convert_ids_to_tokens([55, 56, 57])
+['<image>', '<video>', 'in']
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ TEMPLATE_WORDS: tuple[str, ...] = ("USER:", "ASSISTANT:")
 
 def world_tokens() -> tuple[str, ...]:
     """Every token of the world tokenizer, in id order."""
-    from evcascade.data.questions import world_vocabulary
+    from evcascade.data.questions import DETAIL_WORDS, first_vocabulary
 
-    return (*SPECIAL_TOKENS, *TEMPLATE_WORDS, *world_vocabulary(), IMAGE_TOKEN, VIDEO_TOKEN)
+    return (*SPECIAL_TOKENS, *TEMPLATE_WORDS, *first_vocabulary(), IMAGE_TOKEN, VIDEO_TOKEN, *DETAIL_WORDS)
 
 
 def world_tokenizer():

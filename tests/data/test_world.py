@@ -4,14 +4,16 @@ scene graph, and the DSEC-like layout round-tripping through read_events / read_
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from evcascade.data.questions import QA, caption, qa_pairs, world_vocabulary
+from evcascade.data.questions import DETAIL_WORDS, QA, caption, first_vocabulary, qa_pairs, world_vocabulary
 from evcascade.data.render import COLOUR_RGB, render_frames
 from evcascade.data.world import (
-    Background, Scene, SceneObject, WorldConfig, make_world_sample, render_sample, sample_scene, scene_seeds,
+    FAR_THRESHOLD_PX, MOTION_THRESHOLD_PX, Background, Scene, SceneObject, WorldConfig, make_world_sample,
+    render_sample, sample_scene, sample_window_us, scene_seeds, window_frame_times_us,
 )
 from evcascade.errors import InputError
 
@@ -106,11 +108,73 @@ def test_every_drawn_phrasing_is_correct_in_the_vocabulary_and_no_other_answer()
 
 def test_question_modalities():
     needs = {qa.kind: qa.needs for qa in qa_pairs(hand_scene(RED_CIRCLE, BLUE_SQUARE))}
-    assert needs == {"caption": "frame+time", "moving": "time", "direction": "time", "colour": "frame",
-                     "count": "frame", "faster": "time", "camera": "time"}
+    assert needs == {"caption": "frame+time", "detail": "frame+time", "moving": "time", "direction": "time",
+                     "colour": "frame", "count": "frame", "faster": "time", "camera": "time"}
     # questions name objects by shape only, so motion questions never leak colour
     for qa in qa_pairs(hand_scene(RED_CIRCLE, BLUE_SQUARE)):
         assert not set(qa.question.split()) & set(COLOUR_RGB), qa.question
+
+
+def test_detailed_caption_names_every_object_how_far_it_moves_and_the_camera():
+    scene = hand_scene(GREEN_TRIANGLE, BLUE_SQUARE, RED_CIRCLE)  # 600 ms: frames 0 .. 550 ms
+    detail = next(qa for qa in qa_pairs(scene) if qa.kind == "detail")
+    assert detail.question == "describe the video in detail ."
+    # over 550 ms the fast circle travels 10.6 px and the slow square 4.2 px: both "a little" (< 16 px)
+    assert detail.answer == ("there are three objects . the big red circle moves a little to the right . "
+                             "the small blue square moves a little up . the small green triangle does not move . "
+                             "the camera does not move .")
+    assert 30 <= len(detail.answer.split()) <= 80
+    assert detail.is_correct("three objects . the big red circle is moving slightly right . the small blue square "
+                             "moves a little up . the small green triangle stays still . the camera is not moving .")
+    assert not detail.is_correct(detail.answer.replace("a little up", "far up"))
+    assert not detail.is_correct(detail.answer.replace("the small green triangle", "the big green triangle"))
+    long_scene = Scene(64, 64, 1_500_000, (RED_CIRCLE, BLUE_SQUARE), PLAIN)  # frames 0 .. 1.45 s
+    long_detail = next(qa for qa in qa_pairs(long_scene) if qa.kind == "detail").answer
+    assert "circle moves far to the right" in long_detail and "square moves a little up" in long_detail
+
+
+def test_windows_answer_what_their_frames_show():
+    """An object moves in a window only where it travels >= MOTION_THRESHOLD_PX between the window's first and
+    last frames (the frames Video.sample keeps); the bundled sample's square moves in [100, 600) ms."""
+    sample_path = Path(__file__).resolve().parents[2] / "evcascade" / "assets" / "sample" / "annotations.json"
+    sample = Scene.from_dict(json.loads(sample_path.read_text())["scene"])
+    by_kind = lambda window: {qa.kind: qa.answer for qa in qa_pairs(sample, window) if qa.kind != "direction"}
+    half = by_kind((100_000, 600_000))  # frames 100 .. 550 ms: circle 8.6 px, square 3.5 px
+    assert half["caption"] == ("the big red circle moves to the right . the small blue square moves up . "
+                               "the small yellow triangle does not move .")
+    assert half["moving"] == "the circle and the square are moving ."
+    assert "the small blue square moves a little up" in half["detail"]
+    tiny = by_kind((100_000, 100_100))  # one frame: nothing can be seen to move
+    assert tiny["moving"] == "no object is moving ." and "faster" not in tiny
+    assert tiny["caption"].count("does not move") == 3 and "colour" in tiny
+    short = by_kind((0, 150_000))  # frames 0, 50, 100 ms: the fast circle 1.9 px, under the threshold
+    assert short["moving"] == "no object is moving ."
+    assert by_kind((0, 200_000))["moving"] == "the circle is moving ."  # 150 ms: 2.9 px
+    assert by_kind((0, 350_000))["moving"] == "the circle is moving ."  # frames 300 ms apart: the square 2.3 px
+    assert by_kind((0, 400_000))["moving"] == "the circle and the square are moving ."  # 350 ms: the square 2.7 px
+    assert by_kind(None) == by_kind((0, 1_500_000))
+    circle = sample.objects[0]
+    for t_us in (150_000, 350_000, 900_000, 1_450_000):  # the rule, at the threshold's both sides
+        direction, distance = sample.observed_motion(circle, np.array([0, t_us]))
+        travelled = 0.30 * 64 * t_us / 1e6
+        assert (direction is not None) == (travelled >= MOTION_THRESHOLD_PX)
+        assert direction is None or (distance == "far") == (travelled >= FAR_THRESHOLD_PX)
+
+
+def test_window_frames_and_sampled_windows():
+    config = WorldConfig()
+    assert window_frame_times_us(config, (100_000, 250_000)).tolist() == [100_000, 150_000, 200_000]
+    assert window_frame_times_us(config, None).tolist() == config.frame_times_us().tolist()
+    with pytest.raises(InputError, match="holds no frame"):
+        window_frame_times_us(config, (110_000, 140_000))
+    with pytest.raises(InputError, match="start_us < end_us"):
+        window_frame_times_us(config, (500_000, 500_000))
+    rng = np.random.default_rng(0)
+    windows = np.array([sample_window_us(rng, config, full_probability=0.25) for _ in range(400)])
+    lengths = windows[:, 1] - windows[:, 0]
+    assert windows.min() >= 0 and windows[:, 1].max() <= config.duration_us and lengths.min() >= 50_000
+    assert 0.15 < np.mean(lengths == config.duration_us) < 0.35  # whole clips
+    assert 0.1 < np.mean(lengths < 100_000) < 0.3 and 0.1 < np.mean((lengths >= 750_000) & (lengths < 1_500_000))
 
 
 def test_vocabulary_covers_every_phrase_and_the_tiny_tokenizer():
@@ -124,9 +188,12 @@ def test_vocabulary_covers_every_phrase_and_the_tiny_tokenizer():
             seen |= set(qa.question.split()) | set(qa.answer.split())
     assert seen <= vocabulary, seen - vocabulary
     assert len(seen) >= 0.9 * len(vocabulary)  # the list is not padded with words nothing uses
+    # the tiny tokenizer (evcascade.models.tiny) covers the world's first vocabulary; the detailed captions' words
+    # (DETAIL_WORDS) came later and are the world tokenizer's (tests/demo)
     tokenizer = tiny_tokenizer()
-    ids = tokenizer.convert_tokens_to_ids(sorted(vocabulary))
+    ids = tokenizer.convert_tokens_to_ids(sorted(first_vocabulary()))
     assert tokenizer.unk_token_id not in ids
+    assert world_vocabulary() == first_vocabulary() + DETAIL_WORDS and not set(DETAIL_WORDS) & set(first_vocabulary())
 
 
 # ---------------------------------------------------------------------------------------------- scenes
@@ -241,6 +308,32 @@ def test_layout_round_trips_through_the_readers(tmp_path):
         assert len(clip.events) == len(sample.events.window(clip.end_us - 100_000, clip.end_us))
 
 
+def test_layout_writes_window_entries_and_reuses_written_scenes(tmp_path):
+    from evcascade.data.layout import read_manifest, write_world
+    from evcascade.train.datasets import manifest_windows
+
+    path = write_world(tmp_path / "world", num_scenes=1, seed=5, config=SMALL, windows_per_scene=2)
+    entries = read_manifest(path)["scenes"]
+    assert [e["id"] for e in entries] == ["scene_00000", "scene_00000_w0", "scene_00000_w1"]
+    scene = sample_scene(entries[0]["seed"], SMALL)
+    for entry in entries[1:]:
+        window = (entry["start_us"], entry["end_us"])
+        assert len(window_frame_times_us(SMALL, window)) >= 1 and window[1] <= SMALL.duration_us
+        assert entry["answers"] == [qa.answer for qa in qa_pairs(scene, window)]
+        assert entry["events"] == entries[0]["events"] and "start_us" not in entries[0]
+    windows = manifest_windows(path)  # the training stages read each window as its own clip
+    assert [(w.start_us, w.end_us) for w in windows[1:]] == [(e["start_us"], e["end_us"]) for e in entries[1:]]
+    events_file = tmp_path / "world" / "scene_00000" / "events.h5"
+    written = events_file.stat().st_mtime_ns
+    notes_file = tmp_path / "world" / "scene_00000" / "annotations.json"
+    notes_file.write_text(notes_file.read_text().replace("describe the video in detail .", "stale"))
+    assert write_world(tmp_path / "world", num_scenes=1, seed=5, config=SMALL, windows_per_scene=2) == path
+    assert events_file.stat().st_mtime_ns == written  # kept, not rendered again
+    assert "stale" not in notes_file.read_text() and read_manifest(path)["scenes"] == entries
+    with pytest.raises(InputError, match="windows_per_scene"):
+        write_world(tmp_path / "other", num_scenes=1, windows_per_scene=-1)
+
+
 # ---------------------------------------------------------------------------------------------- scripts
 def run_script(name: str, argv: list[str]) -> int:
     import runpy
@@ -271,9 +364,10 @@ def test_make_world_script(tmp_path, capsys):
     from evcascade.data.layout import read_manifest
 
     argv = ["--out", str(tmp_path / "w"), "--num-scenes", "1", "--seed", "4", "--duration-us", "300000",
-            "--no-progress"]
+            "--windows-per-scene", "1", "--no-progress"]
     assert run_script("make_world.py", argv) == 0
     manifest = read_manifest(tmp_path / "w" / "manifest.json")
+    assert [e["id"] for e in manifest["scenes"]] == ["scene_00000", "scene_00000_w0"]
     assert manifest["config"]["duration_us"] == 300_000 and manifest["scenes"][0]["seed"] == scene_seeds(4, 1)[0]
     assert run_script("make_world.py", ["--out", str(tmp_path / "x"), "--num-scenes", "1", "--max-objects", "9"]) == 2
     assert "max_objects" in capsys.readouterr().err

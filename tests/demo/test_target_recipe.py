@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from evcascade.data.questions import qa_pairs
+from evcascade.data.questions import DETAIL_WORDS, qa_pairs
 from evcascade.data.render import render_frames
 from evcascade.data.world import (
     Background,
@@ -17,7 +17,7 @@ from evcascade.data.world import (
     WorldConfig,
     scene_seeds,
 )
-from evcascade.demo.evaluation import evaluate_target
+from evcascade.demo.evaluation import evaluate_target, window_table
 from evcascade.demo.scenes import load_or_render_pool, render_pool
 from evcascade.demo.supervision import IGNORE, SceneGraphHeads, scene_labels
 from evcascade.demo.target import (
@@ -51,7 +51,7 @@ def pool():
 def _batch(tokenizer, model, pool, size=6, seed=0):
     encoder = ExampleEncoder(tokenizer, model.config)
     index, scenes, questions, answers = draw_examples(pool, np.random.default_rng(seed), size, RecipeConfig())
-    return encoder, encoder.batch(pool.frames[index], scenes, pool.frame_times_us, questions, answers)
+    return encoder, encoder.batch(pool.frames[index], scenes, pool.frame_times_us[index], questions, answers)
 
 
 def test_tokenizer_round_trips_every_world_sentence(tokenizer, tmp_path):
@@ -65,7 +65,24 @@ def test_tokenizer_round_trips_every_world_sentence(tokenizer, tmp_path):
         assert tokenizer.unk_token_id not in ids, text
         assert tokenizer.decode(ids) == text
         assert loaded(text)["input_ids"] == [tokenizer.bos_token_id, *ids]
-    assert tokenizer.convert_ids_to_tokens([len(tokenizer) - 2, len(tokenizer) - 1]) == ["<image>", "<video>"]
+    # the detailed captions' words come after <image> <video>: a tokenizer of the first vocabulary is a prefix
+    first = len(tokenizer) - len(DETAIL_WORDS)
+    assert tokenizer.convert_ids_to_tokens([first - 2, first - 1]) == ["<image>", "<video>"]
+    assert tokenizer.convert_ids_to_tokens(list(range(first, len(tokenizer)))) == list(DETAIL_WORDS)
+    assert first == 57  # the first bundled target's vocabulary size: its ids stay what it was trained on
+
+
+def test_a_model_of_the_first_vocabulary_grows_the_hf_way(tokenizer):
+    """``resize_token_embeddings`` appends rows for the new words and keeps every trained row."""
+    first = len(tokenizer) - len(DETAIL_WORDS)
+    model = build_demo_target(tokenizer, TINY)
+    model.resize_token_embeddings(first)  # a model trained on the first vocabulary
+    before = model.get_input_embeddings().weight.detach().clone()
+    before_out = model.get_output_embeddings().weight.detach().clone()
+    model.resize_token_embeddings(len(tokenizer))
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) == model.config.text_config.vocab_size
+    torch.testing.assert_close(model.get_input_embeddings().weight[:first], before)
+    torch.testing.assert_close(model.get_output_embeddings().weight[:first], before_out)
 
 
 def _scene(seed):
@@ -88,6 +105,28 @@ def test_pool_frames_are_the_frames_video_sample_picks(pool, tmp_path):
         assert cached.scenes == pool.scenes
     with pytest.raises(InputError, match="num_frames"):
         render_pool([1], config, num_frames=0)
+
+
+def test_window_pool_frames_and_labels_follow_each_window(tmp_path):
+    """A pool entry's frames are what ``Video.sample`` picks from its window, and its motion labels are what those
+    frames show: the square that moves over the clip is static in a one-frame window."""
+    config = WorldConfig()
+    seeds, windows = scene_seeds(11, 2), [(100_000, 600_000), (100_000, 100_100)]
+    pool = render_pool(seeds, config, num_frames=2, windows_us=windows)
+    assert pool.frame_times_us.tolist() == [[100_000, 550_000], [100_000, 100_000]]
+    full = render_frames(pool.scenes[0], config.frame_times_us(), config.supersample)
+    np.testing.assert_array_equal(pool.frames[0], full[[2, 11]])
+    cached = load_or_render_pool(tmp_path / "p.npz", seeds, config, 2, windows_us=windows)
+    again = load_or_render_pool(tmp_path / "p.npz", seeds, config, 2, windows_us=windows)
+    np.testing.assert_array_equal(again.frames, cached.frames)
+    other = load_or_render_pool(tmp_path / "p.npz", seeds, config, 2)  # other windows: not served from the cache
+    assert other.frame_times_us.tolist() == [[0, 1_450_000]] * 2
+    star = SceneObject("star", "blue", "small", 6.4, 40.0, 20.0, direction="left", speed="slow")
+    scene = Scene(64, 64, 1_500_000, (star,), Background((40.0, 40.0, 40.0), (0.0, 0.0)))
+    labels = scene_labels([scene, scene, scene], np.array([[0, 1_450_000], [0, 300_000], [0, 0]]), grid=4)
+    assert labels.motion[:, 3].tolist() == [1, 0, 0]  # left over 1.45 s (11 px); 2.3 px and 0 px: static
+    assert labels.speed[:, 3].tolist() == [1, 0, 0]  # a little ("slow") over the clip
+    torch.testing.assert_close(labels.xy[1, 1, 3, 0], torch.tensor((40 - 7.68 * 0.3) / 64))
 
 
 def test_scene_labels_by_hand():
@@ -196,6 +235,8 @@ def test_saved_target_loads_and_generates_the_same(tokenizer, pool, tmp_path):
 
 
 def test_evaluation_scores_exact_match_per_kind(tokenizer, pool, monkeypatch):
+    from evcascade.demo import evaluation as evaluate_module
+
     model = build_demo_target(tokenizer, TINY)
     encoder = ExampleEncoder(tokenizer, model.config)
     small = render_pool(pool.seeds[:2], WorldConfig(), TINY.num_frames)
@@ -221,7 +262,11 @@ def test_evaluation_scores_exact_match_per_kind(tokenizer, pool, monkeypatch):
     assert len(records) == sum(len(qa_pairs(s)) for s in small.scenes)
     assert table["colour"]["accuracy"] == 0.0 and table["colour"]["total"] == sum(len(s.objects) for s in small.scenes)
     assert all(table[k]["accuracy"] == 1.0 for k in table if k not in ("colour", "mean"))
-    assert list(table)[:2] == ["caption", "moving"]
+    assert list(table)[:3] == ["caption", "detail", "moving"]
+    assert list(window_table(records)) == ["1000-1500 ms"] and all(r["window_ms"] == 1500 for r in records)
+    short = [{**r, "window_ms": 80.0} for r in records[:5]]
+    assert list(window_table(records + short)) == ["0-100 ms", "1000-1500 ms"]
+    assert window_table(records + short)["0-100 ms"] == evaluate_module.accuracy_table(short)
 
 
 def test_lr_schedule_and_config_checks():
@@ -235,6 +280,19 @@ def test_lr_schedule_and_config_checks():
         DemoTargetConfig(num_frames=0)
     with pytest.raises(InputError, match="phrasing must be one of .* got 'fancy'"):
         RecipeConfig(phrasing="fancy")
+
+
+def test_skewed_phrasing_prefers_the_canonical_answer(pool):
+    recipe = RecipeConfig(phrasing="skewed", canonical_probability=0.6)
+    index, scenes, questions, answers = draw_examples(pool, np.random.default_rng(0), 400, recipe)
+    qas = {(id(scene), qa.question): qa for scene in pool.scenes for qa in qa_pairs(scene)}
+    truth = [qas[(id(scene), q)] for scene, q in zip(scenes, questions)]
+    assert all(qa.is_correct(text) for qa, text in zip(truth, answers))
+    one_choice = [(qa, text) for qa, text in zip(truth, answers) if len(qa.segments) == 3 and qa.num_phrasings == 2]
+    share = np.mean([text == qa.answer for qa, text in one_choice])  # one segment with two phrasings
+    assert len(one_choice) > 40 and 0.45 < share < 0.75
+    with pytest.raises(InputError, match="canonical_probability"):
+        RecipeConfig(canonical_probability=1.5)
 
 
 def test_uniform_phrasing_draws_paraphrases_that_are_correct(pool):
@@ -282,3 +340,39 @@ def test_mp4_pool_matches_what_read_video_returns(pool, tmp_path):
     reference = read_video(write_video(tmp_path / "clip.mp4", sample.video, config.fps), TINY.num_frames).frames
     np.testing.assert_array_equal(decoded.frames[0], reference)
     assert 0 < np.abs(decoded.frames.astype(int) - one.frames.astype(int)).mean() < 10
+
+
+def test_evaluate_cascade_scores_each_clip_window_as_the_loader_cuts_it(tmp_path):
+    """``evaluate_cascade`` asks every question of every manifest entry through ``generate`` with the entry's window
+    and scores it against the questions of the window the clip loader cut; a stub that knows the scene answers."""
+    from evcascade.clip import load_clip
+    from evcascade.data.layout import read_manifest, write_world
+    from evcascade.data.world import sample_scene
+    from evcascade.demo.evaluation import evaluate_cascade
+
+    config = WorldConfig(duration_us=600_000, fps=20.0, event_fps=150.0)
+    manifest = write_world(tmp_path / "w", num_scenes=1, seed=3, config=config, windows_per_scene=1)
+    entries = read_manifest(manifest)["scenes"]
+    scene = sample_scene(entries[0]["seed"], config)
+
+    class Stats:
+        def to_dict(self):
+            return {"tau": 2.0}
+
+    class Stub:
+        def generate(self, events, video, prompt, *, mode, start_us=None, end_us=None):
+            clip = load_clip(events, video, start_us=start_us, end_us=end_us, num_frames=2)
+            qa = next(q for q in qa_pairs(scene, (clip.start_us, clip.end_us)) if q.question == prompt)
+            text = "no ." if qa.kind == "detail" else qa.answer
+            return type("A", (), {"text": text, "token_ids": text.split(), "stats": Stats(),
+                                  "inputs": {"window_us": [clip.start_us, clip.end_us]}})()
+
+    summary, records = evaluate_cascade(Stub(), manifest)
+    assert len(records) == sum(len(e["prompts"]) for e in entries)
+    assert summary["per_kind"]["detail"]["accuracy"] == 0.0
+    assert all(v["accuracy"] == 1.0 for k, v in summary["per_kind"].items() if k not in ("detail", "mean"))
+    whole = load_clip(entries[0]["events"], entries[0]["video"], num_frames=2)
+    assert records[0]["window_us"] == [whole.start_us, whole.end_us]  # the recordings' overlap, not [0, 600 ms)
+    assert {r["window_ms"] for r in records[len(entries[0]["prompts"]):]} == {
+        (entries[1]["end_us"] - entries[1]["start_us"]) / 1000}
+    assert sum(t["detail"]["total"] for t in summary["per_window"].values()) == 2 and summary["tau"]["count"] == 2.0
