@@ -492,18 +492,24 @@ class VideoLlavaVerifier(_KVCacheVerifier):
         entry = self.prefix_cache.get(prefix_key)
         features = self.video_features(pixels, clip_key) if entry is None else None
         start = time.perf_counter()  # prefill time excludes the vision tower
+        # a draft holding a placeholder id (drafters propose text ids; a replayed or adversarial one may not) would
+        # be taken for video features in a forward that carries them: such a draft goes after the prefix
+        placeholders = (tail == self.video_token_id) | (tail == self.image_token_id)  # [B, s + k]
+        in_one_forward = entry is None and not bool(placeholders.any())
         if entry is None:
-            # a new clip: the whole prompt and draft in one forward, as HF's own prefill is one forward; the cache
-            # becomes the clip's prefix entry (the next request on the clip crops it back to the prefix)
             from transformers.modeling_outputs import BaseModelOutputWithPooling
 
             video = BaseModelOutputWithPooling(pooler_output=features)  # 5.23's way to pass precomputed features
-            all_logits, self._cache = self._forward(  # [B, 1 + s + k, V]: the prefix's last position, the tail's
-                None, keep=tail.shape[1] + 1, input_ids=torch.cat([prefix_ids, tail], dim=1),
-                mm_encoder_outputs={"video": video}, **self._tree_inputs(prompt_ids.shape[1], parents, 0))
-            self.prefix_cache.put(prefix_key, _PrefixEntry(cache=self._cache, length=prefix_length,
-                                                           last_logits=all_logits[:, 0].clone()))
-            logits = all_logits[:, -(k + 1):]
+            # a new clip: as HF's own prefill, one forward over the whole prompt (and draft); the cache becomes the
+            # clip's prefix entry (the next request on the clip crops it back to the prefix)
+            ids = torch.cat([prefix_ids, tail], dim=1) if in_one_forward else prefix_ids
+            keep = tail.shape[1] + 1 if in_one_forward else 1
+            tree = self._tree_inputs(prompt_ids.shape[1], parents, 0) if in_one_forward else {}
+            all_logits, self._cache = self._forward(  # [B, keep, V]: the prefix's last position, then the tail's
+                None, keep=keep, input_ids=ids, mm_encoder_outputs={"video": video}, **tree)
+            entry = _PrefixEntry(cache=self._cache, length=prefix_length, last_logits=all_logits[:, 0].clone())
+            self.prefix_cache.put(prefix_key, entry)
+            logits = all_logits[:, -(k + 1):]  # [B, k+1, V] (in one forward)
         else:
             # the previous request on this clip appended its question and answer: crop back to the prefix
             # (cropping slices views: measured 0.7 ms for a 7B-shaped 2060-position bf16 prefix on this CPU, where
@@ -512,6 +518,7 @@ class VideoLlavaVerifier(_KVCacheVerifier):
             if surplus:
                 entry.cache.crop(-surplus)
             self._cache = entry.cache
+        if not in_one_forward:
             logits = entry.last_logits.clone()[:, None]  # [B, 1, V]; a copy: the entry must not change
             if tail.shape[1]:
                 # with a suffix its last row judges the draft's first token; without, the prefix's last logits do

@@ -408,3 +408,19 @@ def test_prefill_with_draft_judges_the_draft_in_one_forward(tok, vl_model, promp
     with pytest.raises(InputError, match="rollback"):
         verifier.prefill_with_draft(request, draft)
         verifier.rollback(4)  # the prompt is never rolled back
+
+
+def test_a_new_clips_prefill_takes_a_draft_holding_a_placeholder_id(tok, vl_model, prompter):
+    """A new clip's prefill is one forward over prompt + draft; a draft holding the <video> id (a replayed or
+    adversarial drafter's) must not be taken for video features: it goes after the prefix, as on a warm clip."""
+    ids, pixels = prompter("what ?").target_ids, clip(21)
+    video_id = tok.convert_tokens_to_ids("<video>")
+    draft = torch.tensor([[5, video_id, 7]])
+    cold = VideoLlavaVerifier(vl_model).prefill_with_draft(VerifyRequest(ids, pixels), draft)  # [1, 4, V]
+    warm_verifier = VideoLlavaVerifier(vl_model)
+    warm_verifier.prefill(VerifyRequest(ids, pixels))
+    warm = warm_verifier.prefill_with_draft(VerifyRequest(ids, pixels), draft)
+    assert cold.shape == warm.shape == (1, 4, cold.shape[-1])
+    torch.testing.assert_close(cold, warm, atol=ATOL, rtol=0)
+    plain = VideoLlavaVerifier(vl_model).prefill_with_draft(VerifyRequest(ids, pixels), torch.tensor([[5, 6, 7]]))
+    torch.testing.assert_close(plain[:, :2], cold[:, :2], atol=ATOL, rtol=0)  # equal up to the placeholder
