@@ -77,7 +77,7 @@ class DecodeStats:
     seed: int | None = None
     """The request's seed (drawn when none was given) when sampling: passing it back replays the answer."""
     tree_steps: int = 0
-    """Verifies whose block was a branching token tree (the rest verified a chain)."""
+    """Target forwards (the prefill's included) whose block was a branching token tree (the rest verified a chain)."""
     branch_nodes: int = 0
     """Draft nodes off the main chain verified in those steps (second choices, a lower level's rejected drafts);
     each is also counted in its level's drafted/accepted by position."""
@@ -124,8 +124,9 @@ class DecodeStats:
             f"verify {self.verify_s * 1e3:.1f} | overhead {self.overhead_s * 1e3:.1f}",
         ]
         if self.tree_steps:
-            lines.append(f"token trees: {self.tree_steps} of {self.steps} steps, {self.branch_accepted} of "
-                         f"{self.branch_nodes} branch nodes accepted")
+            # tree_steps counts the prefill's forward too when its first block was a tree; steps does not
+            lines.append(f"token trees: {self.tree_steps} of {self.target_forwards} target forwards, "
+                         f"{self.branch_accepted} of {self.branch_nodes} branch nodes accepted")
         if self.acceptance != "lossless":
             lines.append(f"acceptance: {self.acceptance} (opt-in lossy: the answer may differ from the target's own)")
         for level in self.levels:
