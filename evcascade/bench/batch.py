@@ -91,14 +91,14 @@ def _verify_cost_s(model, batch_size: int, context_length: int, block: int, repe
     language = model.model.language_model if hasattr(model.model, "language_model") else model
     ids = torch.randint(1, 50, (batch_size, context_length))
     with torch.no_grad():
-        base = language(input_ids=ids, use_cache=True).past_key_values
+        base = language(input_ids=ids, use_cache=True).cache
         layers = [(layer.keys, layer.values) for layer in base.layers]
         times = []
         for _ in range(repeats):
             cache = DynamicCache(ddp_cache_data=layers)
             new = torch.randint(1, 50, (batch_size, block))
             started = time.perf_counter()
-            hidden = language(input_ids=new, past_key_values=cache, use_cache=True).last_hidden_state
+            hidden = language(input_ids=new, cache=cache, use_cache=True).last_hidden_state
             model.lm_head(hidden)
             times.append(time.perf_counter() - started)
     return statistics.median(times)
@@ -112,9 +112,13 @@ class Totals:
         self.tokens, self.seconds, self.latencies, self.forwards = 0, 0.0, [], 0
         self.identical, self.mismatches = True, []
         self.timings: dict[str, float] = {}
+        self.shape = {"forwards": 0, "rows": 0, "tokens": 0, "slots": 0}  # our batched forwards (BatchDecoder.fed)
 
     def add_group(self, answers: list[list[int]], references: list[list[int]], wall_s: float,
-                  latencies: list[float], forwards: int | None, timings: dict[str, float] | None = None) -> None:
+                  latencies: list[float], forwards: int | None, timings: dict[str, float] | None = None,
+                  shape: dict[str, int] | None = None) -> None:
+        for key, count in (shape or {}).items():
+            self.shape[key] += count
         for key, seconds in (timings or {}).items():
             self.timings[key] = self.timings.get(key, 0.0) + seconds
         self.tokens += sum(len(a) for a in answers)
@@ -135,12 +139,16 @@ class Totals:
                 "latency_p90_ms": 1e3 * ordered[int(0.9 * (len(ordered) - 1))] if ordered else None,
                 "tau": self.tokens / self.forwards if self.forwards else None,
                 "identical": self.identical, "mismatches": self.mismatches[:3],
+                # the batched forwards' shapes: mean rows per forward, and the share of computed token slots
+                # that were padding (rows padded to the widest block of their step)
+                "rows_per_forward": self.shape["rows"] / self.shape["forwards"] if self.shape["forwards"] else None,
+                "padding_share": 1 - self.shape["tokens"] / self.shape["slots"] if self.shape["slots"] else None,
                 # where our rows' wall time went: batched verify forwards, drafting, batch-1 prefills
                 **{f"{key}_share": seconds / self.seconds for key, seconds in self.timings.items() if self.seconds}}
 
 
 def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None = None, max_new_tokens: int = 48,
-                  draft_k: int = 8, batch_sizes: tuple[int, ...] = (1, 2, 4, 8), regimes=("cold", "warm"),
+                  min_tokens: int = 0, kinds: tuple[str, ...] | None = None, draft_k: int = 8, batch_sizes: tuple[int, ...] = (1, 2, 4, 8), regimes=("cold", "warm"),
                   twin: bool = True,
                   twin_hidden: int = 1024, twin_layers: int = 8, device: str = "cpu") -> dict[str, Any]:
     from evcascade.bench.demo import build_twin
@@ -166,7 +174,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
         sample = make_world_sample(scene_seed)
         clip = load_clip(sample.events, sample.video, num_frames=cascade.num_frames)
         pixels = verifier.pixel_values(clip.video.frames)
-        for qa in sample.qa[:questions]:
+        for qa in [qa for qa in sample.qa if kinds is None or qa.kind in kinds][:questions]:
             built = cascade.prompter(qa.question)
             items.append({"question": qa.question, "kind": qa.kind, "clip": clip, "pixels": pixels,
                           "target_ids": built.target_ids, "text_ids": built.text_ids,
@@ -176,6 +184,11 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
     for q in items:  # the batch-1 reference: our own loop, the target alone
         q["reference"] = CascadeDecoder(verifier, []).generate(
             VerifyRequest(q["target_ids"], q["pixels"]), DraftContext(q["text_ids"]), plain).token_ids[0].tolist()
+    asked = len(items)
+    items = [q for q in items if len(q["reference"]) >= min_tokens]  # the long-answer slice: decode steps dominate
+    if not items:
+        raise InputError(f"no question of the {scenes} scenes has a target answer of >= {min_tokens} tokens "
+                         f"(kinds {list(kinds) if kinds else 'all'})")
 
     twin_model = twin_verifier = None
     if twin:
@@ -208,7 +221,8 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
         results = decoder.run(batch)
         wall_s = time.perf_counter() - started
         return ([r.token_ids for r in results], wall_s, [r.stats.total_s for r in results],
-                sum(r.stats.target_forwards for r in results), decoder.timings)
+                sum(r.stats.target_forwards for r in results), decoder.timings,
+                {"forwards": decoder.forwards, **decoder.fed})
 
     def replay_drafter(q, context):
         return ReplayDrafter(None, torch.tensor([q["twin_reference"]]), vocab_size=vocab_size,
@@ -236,7 +250,8 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
         wall_s = time.perf_counter() - started
         scheduler.close()
         return ([r.token_ids for r in results], wall_s, [done_at[i] - started for i in range(len(items))],
-                sum(r.stats.target_forwards for r in results), scheduler.decoder.timings)
+                sum(r.stats.target_forwards for r in results), scheduler.decoder.timings,
+                {"forwards": scheduler.decoder.forwards, **scheduler.decoder.fed})
 
     rows: list[dict[str, Any]] = []
     warm_up = items[: max(batch_sizes)]  # untimed: lazy initialisation is no row's cost
@@ -254,8 +269,8 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
             names += [("twin: HF generate batched", TWIN)] * cold
         totals = {name: Totals(name, kind, batch_size, regime) for name, kind in names}
         def record(name, result, references):
-            answers, wall_s, latencies, forwards, timings = result
-            totals[name].add_group(answers, references, wall_s, latencies, forwards, timings)
+            answers, wall_s, latencies, forwards, timings, shape = result
+            totals[name].add_group(answers, references, wall_s, latencies, forwards, timings, shape)
 
         for group in groups:
             references = [q["reference"] for q in group]
@@ -300,19 +315,23 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
                       and r["B"] == min(batch_sizes)), None)
         row["vs_own_B1"] = row["tokens_per_s"] / first["tokens_per_s"] if first and first["tokens_per_s"] else None
     return {"benchmark": "batch", "model": model, "cascade": repr(cascade), "environment": environment_info(device),
-            "config": {"scenes": scenes, "seed": seed, "questions": len(items), "max_new_tokens": max_new_tokens,
+            "config": {"scenes": scenes, "seed": seed, "questions": len(items), "asked": asked,
+                       "min_tokens": min_tokens, "kinds": list(kinds) if kinds else None,
+                       "mean_answer_tokens": statistics.fmean(len(q["reference"]) for q in items),
+                       "max_new_tokens": max_new_tokens,
                        "draft_k": draft_k, "batch_sizes": list(batch_sizes), "twin": twin, "twin_hidden": twin_hidden,
                        "twin_layers": twin_layers, "regimes": list(regimes), "drafting_level": level.name if level else None},
             "rows": rows, "ceiling": ceiling, "outputs_identical": all(r["identical"] for r in rows)}
 
 
 COLUMNS = ("row", "kind", "regime", "B", "tokens_per_s", "vs_own_B1", "vs_hf_same_B", "latency_ms", "latency_p90_ms", "tau",
-           "share_of_ceiling", "verify_share", "draft_share", "prefill_share", "identical")
+           "share_of_ceiling", "rows_per_forward", "padding_share", "verify_share", "draft_share", "prefill_share", "identical")
 
 
 def format_report(report: dict[str, Any]) -> str:
     config = report["config"]
-    lines = [f"batched verification, {config['questions']} questions from {config['scenes']} held-out scenes, "
+    lines = [f"batched verification, {config['questions']} questions (of {config['asked']}; target answers of >= "
+             f"{config['min_tokens']} tokens, mean {config['mean_answer_tokens']:.1f}) from {config['scenes']} held-out scenes, "
              f"{report['cascade']}, drafting level {config['drafting_level']}, greedy, regimes {config['regimes']}, draft_k "
              f"{config['draft_k']}", format_table(report["rows"], COLUMNS), ""]
     for b, c in report["ceiling"].items():
@@ -324,11 +343,15 @@ def format_report(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evcascade.bench batch", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="bundled")
+    parser.add_argument("--model", default="bundled-windows",
+                        help="the cascade (default: bundled-windows, the world with long captions and short windows)")
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--seed", type=int, default=9000)
     parser.add_argument("--questions", type=int, help="first N questions per scene (default: all)")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument("--min-tokens", type=int, default=0,
+                        help="keep only questions whose target answer has >= N tokens (the long-answer slice)")
+    parser.add_argument("--kinds", help="comma-separated question kinds to keep (default: all)")
     parser.add_argument("--draft-k", type=int, default=8)
     parser.add_argument("--batch-sizes", default="1,2,4,8")
     parser.add_argument("--twin-hidden", type=int, default=1024)
@@ -347,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         if not set(regimes) <= {"cold", "warm"}:
             raise InputError(f"--regimes must be cold, warm or both, got {args.regimes!r}")
         report = run_benchmark(args.model, scenes=args.scenes, seed=args.seed, questions=args.questions,
-                               max_new_tokens=args.max_new_tokens, draft_k=args.draft_k, batch_sizes=sizes, regimes=regimes,
+                               max_new_tokens=args.max_new_tokens, min_tokens=args.min_tokens,
+                               kinds=tuple(args.kinds.split(",")) if args.kinds else None, draft_k=args.draft_k, batch_sizes=sizes, regimes=regimes,
                                twin=not args.no_twin, twin_hidden=args.twin_hidden, twin_layers=args.twin_layers,
                                device=args.device)
     except ValueError as error:

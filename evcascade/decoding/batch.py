@@ -204,6 +204,8 @@ class BatchDecoder:
         """Batched verify forwards so far (prefills not counted)."""
         self.timings = {"verify": 0.0, "draft": 0.0, "prefill": 0.0}
         """Seconds in batched verify forwards, in drafting (every row's) and in batch-1 prefills, so far."""
+        self.fed = {"rows": 0, "tokens": 0, "slots": 0}
+        """Over the batched forwards so far: rows, real tokens fed, and token slots computed (padding included)."""
 
     # -- joining and leaving -----------------------------------------------------------------------------------
 
@@ -312,6 +314,9 @@ class BatchDecoder:
             head = row.unfed if row.unfed else [int(row.generated[0, -1])]  # the question, or the pending token
             blocks.append(head + drafts)
         width = max(len(block) for block in blocks)
+        self.fed["rows"] += len(blocks)
+        self.fed["tokens"] += sum(len(block) for block in blocks)
+        self.fed["slots"] += len(blocks) * width
         input_ids = torch.full((len(blocks), width), self.pad_token_id, dtype=torch.long, device=device)  # [B, N]
         new_mask = torch.zeros(len(blocks), width, dtype=torch.bool, device=device)  # [B, N]
         for b, block in enumerate(blocks):
@@ -405,8 +410,8 @@ class BatchDecoder:
         cache = DynamicCache(ddp_cache_data=self.kv.layers)
         with torch.no_grad():
             out = self.verifier.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                      past_key_values=cache, use_cache=True)
-        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+                                      cache=cache, use_cache=True)
+        layers = [(layer.keys, layer.values) for layer in out.cache.layers]
         return out.logits.float(), layers
 
 
