@@ -40,6 +40,7 @@ from typing import Any, Sequence
 
 import torch
 
+from evcascade.decoding import shared_prefix
 from evcascade.decoding.coupling import PositionNoise, coupled_choice
 from evcascade.decoding.drafters import DraftContext, Drafter
 from evcascade.decoding.engine import GenerationOptions
@@ -95,13 +96,31 @@ class _Row:
     first_token_pending: bool = False
 
 
+@dataclass
+class _Prefix:
+    """A shared prefix held by the batch: the verifier's own tensors (referenced, never written: their version
+    counters, taken when it joined, are checked before every forward)."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # [1, H, P, D] per layer
+    versions: list[tuple[int, int]]
+
+    @property
+    def length(self) -> int:
+        return int(self.layers[0][0].shape[-2])
+
+
 class KVBatch:
-    """Keys/values of several requests, left-padded to one width: ``layers[l] = (keys, values)`` ``[B, H, S, D]``
-    and ``mask [B, S]`` (True where a position is real). Rows are added, dropped and trimmed between forwards."""
+    """Keys/values of several requests. Each row's own positions are left-padded to one width: ``layers[l] =
+    (keys, values)`` ``[B, H, S, D]`` and ``mask [B, S]`` (True where a position is real). A row may continue a
+    shared prefix (``row_prefix[b]``, a key of ``prefixes``: one ``[1, H, P, D]`` tensor per layer for all its
+    rows, attended by ``shared_prefix.py``); its real positions are then the prefix's P and its own. Rows are added,
+    dropped and trimmed between forwards."""
 
     def __init__(self) -> None:
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.mask: torch.Tensor | None = None  # [B, S] bool
+        self.prefixes: dict[tuple, _Prefix] = {}
+        self.row_prefix: list[tuple | None] = []  # [B] the prefix each row continues, None for none
 
     @property
     def batch_size(self) -> int:
@@ -109,10 +128,34 @@ class KVBatch:
 
     @property
     def width(self) -> int:
+        """Positions per row held in ``layers`` (shared prefixes not counted)."""
         return 0 if self.mask is None else int(self.mask.shape[1])
 
-    def add_row(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Append one request's cache (``[1, H, S_r, D]`` per layer, all positions real), copied."""
+    def lengths(self) -> list[int]:
+        """Real positions per row: its shared prefix's and its own."""
+        own = self.mask.sum(dim=1).tolist() if self.mask is not None else []
+        return [n + (self.prefixes[key].length if key is not None else 0) for n, key in zip(own, self.row_prefix)]
+
+    def nbytes(self) -> int:
+        """Bytes of the keys and values the rows attend over: their own (padded) positions and each shared prefix
+        once. (The storages underneath may hold a few positions more: a cut tail, the question that a clip's
+        prefix-cache entry was first computed with.)"""
+        tensors = [t for layer in self.layers for t in layer]
+        tensors += [t for prefix in self.prefixes.values() for layer in prefix.layers for t in layer]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def add_row(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], *, shared: bool = False) -> None:
+        """Append one request's cache (``[1, H, S_r, D]`` per layer, all positions real): copied into its row, or,
+        ``shared``, referenced as a prefix the row continues (one prefix for all rows given the same tensors)."""
+        if shared:
+            keys = layers[0][0]
+            key = (keys.data_ptr(), tuple(keys.shape), tuple(keys.stride()))  # we hold it: the pointer stays ours
+            if key not in self.prefixes:
+                self.prefixes[key] = _Prefix(list(layers), [(k._version, v._version) for k, v in layers])
+            self.row_prefix.append(key)
+            layers = [(k[..., :0, :], v[..., :0, :]) for k, v in layers]  # its own positions: none yet
+        else:
+            self.row_prefix.append(None)
         length = int(layers[0][0].shape[-2])
         row_mask = torch.ones(1, length, dtype=torch.bool, device=layers[0][0].device)
         if self.mask is None:
@@ -126,8 +169,27 @@ class KVBatch:
                        for (k, v), (nk, nv) in zip(self.layers, layers)]
         self.mask = torch.cat([_pad_left(self.mask, pad_batch), _pad_left(row_mask, pad_row)])
 
+    def shared_prefixes(self):
+        """The groups for ``shared_prefix_attention`` (None when no row continues a shared prefix), after checking
+        that no prefix tensor was written in place since it joined (the verifier crops and concatenates, never
+        writes; a change would silently alter every row of the group)."""
+        from evcascade.decoding.shared_prefix import PrefixGroup, SharedPrefixes
+
+        if not self.prefixes:
+            return None
+        groups = []
+        for key, prefix in self.prefixes.items():
+            if [(k._version, v._version) for k, v in prefix.layers] != prefix.versions:
+                raise RuntimeError("a shared prefix's keys/values were modified in place while rows continue it")
+            rows = [b for b, row_key in enumerate(self.row_prefix) if row_key == key]
+            groups.append(PrefixGroup(prefix.layers, torch.tensor(rows, device=self.mask.device)))
+        return SharedPrefixes(groups)
+
     def keep_rows(self, rows: Sequence[int]) -> None:
-        """Keep only ``rows`` (in that order); an empty list empties the batch."""
+        """Keep only ``rows`` (in that order); an empty list empties the batch. A prefix no row continues is let go."""
+        self.row_prefix = [self.row_prefix[b] for b in rows]
+        for key in set(self.prefixes) - set(self.row_prefix):
+            del self.prefixes[key]
         if not rows:
             self.layers, self.mask = [], None
             return
@@ -194,8 +256,12 @@ class BatchDecoder:
     """
 
     def __init__(self, verifier: Verifier, levels: Sequence[Drafter] = (), *, lock: threading.Lock | None = None,
-                 pad_token_id: int = 0) -> None:
+                 pad_token_id: int = 0, share_prefix: bool = True) -> None:
         self.verifier, self.levels = verifier, list(levels)
+        self.share_prefix = bool(share_prefix) and getattr(verifier, "video_token_id", None) is not None \
+            and shared_prefix.install(verifier.model)
+        """Rows on one clip reference its visual prefix (``shared_prefix.py``) rather than copy it: asked for and
+        possible (a video verifier whose text attention is eager or sdpa; others copy, as with False)."""
         self.lock = lock if lock is not None else threading.Lock()
         self.pad_token_id = int(pad_token_id)
         self.rows: list[_Row] = []
@@ -244,11 +310,14 @@ class BatchDecoder:
                 self.verifier.prefill(prefix)  # from the verifier's prefix cache when the clip was seen
                 self.timings["prefill"] += time.perf_counter() - prefill_started
                 stats.target_forwards += self.verifier.prefix_cache.misses - misses  # a prefix forward ran
-                layers = [(k.clone(), v.clone()) for k, v in self.verifier.cache_tensors()]
+                # the prefix-cache entry's own tensors: later batch-1 use crops and concatenates onto them, never
+                # writes into them (KVBatch checks), so sharing rows reference them; copying rows clone them
+                layers = self.verifier.cache_tensors() if self.share_prefix else \
+                    [(k.clone(), v.clone()) for k, v in self.verifier.cache_tensors()]
             stats.vision_s, stats.prefill_s = self.verifier.timings["vision"], self.verifier.timings["prefill"]
             row.cached, row.unfed, row.first_token_pending = prefix_length, prompt_ids[0, prefix_length:].tolist(), True
             self.rows.append(row)
-            self.kv.add_row(layers)
+            self.kv.add_row(layers, shared=self.share_prefix)
             return None
         drafts = prompt_ids.new_zeros(1, 0)
         if level is not None:
@@ -317,9 +386,9 @@ class BatchDecoder:
         for b, block in enumerate(blocks):
             input_ids[b, : len(block)] = torch.tensor(block, device=device)
             new_mask[b, : len(block)] = True
-        cached = torch.tensor([row.cached for row in self.rows], device=device)  # [B]
+        cached = torch.tensor([row.cached for row in self.rows], device=device)  # [B] shared prefix + own
         position_ids = cached[:, None] + torch.arange(width, device=device)  # [B, N]
-        attention_mask = torch.cat([self.kv.mask, new_mask], dim=1).long()  # [B, S+N]
+        attention_mask = torch.cat([self.kv.mask, new_mask], dim=1).long()  # [B, S+N] the rows' own positions
         started = time.perf_counter()
         logits, layers = self._forward(input_ids, attention_mask, position_ids)  # [B, N, V]
         verify_s = time.perf_counter() - started
@@ -399,14 +468,18 @@ class BatchDecoder:
         row.generated = torch.cat([row.generated, new_ids], dim=1)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
-        """The target's forward over the batch: logits ``[B, N, V]`` (float32) and the grown keys/values."""
+        """The target's forward over the batch: logits ``[B, N, V]`` (float32) and the rows' grown keys/values.
+        The cache holds the rows' own positions; rows continuing a shared prefix attend to it through
+        ``shared_prefixes`` (the attention function installed by ``shared_prefix.install``)."""
         from transformers import DynamicCache
 
         cache = DynamicCache(ddp_cache_data=self.kv.layers)
+        prefixes = self.kv.shared_prefixes()
+        extra = {"shared_prefixes": prefixes} if prefixes is not None else {}
         with torch.no_grad():
             out = self.verifier.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                      past_key_values=cache, use_cache=True)
-        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+                                      cache=cache, use_cache=True, **extra)
+        layers = [(layer.keys, layer.values) for layer in out.cache.layers]
         return out.logits.float(), layers
 
 
