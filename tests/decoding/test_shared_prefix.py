@@ -206,10 +206,13 @@ def test_batch_one_forwards_of_an_installed_model_are_unchanged():
     model = verifier.model
     prompt = VideoLlavaPrompter(TOK, model.config)("what is moving ?").target_ids
     inputs = dict(input_ids=prompt, pixel_values_videos=clip_pixels(7))
+    generate = dict(inputs, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False,
+                    eos_token_id=NO_EOS, pad_token_id=3)
     with torch.no_grad():
-        before = model(**inputs).logits
+        before, generated = model(**inputs).logits, model.generate(**generate)
         assert shared_prefix.install(model) and shared_prefix.install(model)  # idempotent
         after = model(**inputs).logits
+        assert torch.equal(model.generate(**generate), generated)
     assert shared_prefix.text_decoder(model).config._attn_implementation == "evcascade_shared_prefix|sdpa"
     assert torch.equal(before, after)  # a forward without shared_prefixes runs the wrapped sdpa itself
 
