@@ -87,7 +87,7 @@ def _forward_at(verifier, prefix_length: int, batch_size: int, block: int, repea
     ids = torch.randint(1, verifier.text_vocab_size, (1, prefix_length), generator=gen)
     with torch.no_grad():
         out = text_decoder(verifier.model)(input_ids=ids.to(verifier.device), use_cache=True)
-    layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]  # [1, H, P, D]
+    layers = [(layer.keys, layer.values) for layer in out.cache.layers]  # [1, H, P, D]
     new_ids = torch.randint(1, verifier.text_vocab_size, (batch_size, block), generator=gen).to(verifier.device)
     position_ids = prefix_length + torch.arange(block, device=verifier.device).expand(batch_size, -1)
     decoders = {}

@@ -88,13 +88,15 @@ def batch_one(verifier, item: BatchRequest) -> list[int]:
 
 
 def make_items(verifier, *, clips=(0, 1), per_clip=3, text_only=True) -> list[BatchRequest]:
-    """``per_clip`` questions on each clip (answers of several lengths, drafted half right) and a text-only one."""
+    """``per_clip`` questions on each clip (answers of several lengths, drafted partly right, one sampled) and a
+    text-only one."""
     prompter = VideoLlavaPrompter(TOK, verifier.model.config)
     items = []
     for c in clips:
         for q in range(per_clip):
             prompt = prompter(QUESTIONS[(q + c) % len(QUESTIONS)])
-            options = GenerationOptions(max_new_tokens=4 + 5 * q, eos_token_ids=(NO_EOS,), draft_k=3 * (q % 2))
+            options = GenerationOptions(max_new_tokens=4 + 5 * q, eos_token_ids=(NO_EOS,), draft_k=3 * (q % 2),
+                                        do_sample=q == 1, temperature=0.8, seed=c)  # one coupled-sampling row
             items.append(BatchRequest(VerifyRequest(prompt.target_ids, clip_pixels(c), f"clip-{c}"),
                                       DraftContext(prompt.text_ids), options))
     if text_only:
