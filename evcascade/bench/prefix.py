@@ -94,7 +94,7 @@ def _forward_at(verifier, prefix_length: int, batch_size: int, block: int, repea
     for share in (False, True):
         decoder = decoders[share] = BatchDecoder(verifier, [], share_prefix=share)
         for _ in range(batch_size):
-            decoder.kv.add_row(layers, shared=share)
+            decoder.kv.add_row(layers, prefix_key=("random ids", prefix_length) if share else None)
     results = {share: [decoder.kv.nbytes(), [], None] for share, decoder in decoders.items()}
     for _ in range(repeats):
         for share, decoder in decoders.items():

@@ -3,9 +3,9 @@
 ``BatchDecoder`` holds any number of requests ("rows"); each keeps its own answer so far, stop state, drafter
 (a per-request copy of the cascade's top model level) and KV-cache row. A video request joins with its clip's
 visual prefix only (the verifier's per-clip video features and prefix KV, computed once per clip and shared by
-every question about it, see below); its question tokens and its first draft block are fed in its first batched step, so
-joining costs no forward of its own once the clip is cached. (A text-only request is prefilled whole at batch 1,
-judging its first draft block there, as the engine's ``draft_in_prefill`` does.) Then it rides along in
+every question about it, see below); its question tokens and its first draft block are fed in its first batched
+step, so joining costs no forward of its own once the clip is cached. (A text-only request is prefilled whole at
+batch 1, judging its first draft block there, as the engine's ``draft_in_prefill`` does.) Then it rides along in
 ``step()``:
 
     draft   row b: its level proposes k_b tokens after its answer so far      (k_b <= draft_k, ragged)
@@ -152,18 +152,16 @@ class KVBatch:
         tensors += [t for prefix in self.prefixes.values() for layer in prefix.layers for t in layer]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def add_row(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], *, shared: bool = False) -> None:
+    def add_row(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
+                prefix_key: tuple | None = None) -> None:
         """Append one request's cache (``[1, H, S_r, D]`` per layer, all positions real): copied into its row, or,
-        ``shared``, referenced as a prefix the row continues (one prefix for all rows given the same tensors)."""
-        if shared:
-            keys = layers[0][0]
-            key = (keys.data_ptr(), tuple(keys.shape), tuple(keys.stride()))  # we hold it: the pointer stays ours
-            if key not in self.prefixes:
-                self.prefixes[key] = _Prefix(list(layers), _versions(layers))
-            self.row_prefix.append(key)
+        with a ``prefix_key``, referenced as the shared prefix the row continues: one prefix per key, the first
+        one given (rows joining later with an equal key reuse it)."""
+        self.row_prefix.append(prefix_key)
+        if prefix_key is not None:
+            if prefix_key not in self.prefixes:
+                self.prefixes[prefix_key] = _Prefix(list(layers), _versions(layers))
             layers = [(k[..., :0, :], v[..., :0, :]) for k, v in layers]  # its own positions: none yet
-        else:
-            self.row_prefix.append(None)
         length = int(layers[0][0].shape[-2])
         row_mask = torch.ones(1, length, dtype=torch.bool, device=layers[0][0].device)
         if self.mask is None:
@@ -331,7 +329,7 @@ class BatchDecoder:
             stats.vision_s, stats.prefill_s = self.verifier.timings["vision"], self.verifier.timings["prefill"]
             row.cached, row.unfed, row.first_token_pending = prefix_length, prompt_ids[0, prefix_length:].tolist(), True
             self.rows.append(row)
-            self.kv.add_row(layers, shared=self.share_prefix)
+            self.kv.add_row(layers, prefix_key=self._prefix_key(prefix) if self.share_prefix else None)
             return None
         drafts = prompt_ids.new_zeros(1, 0)
         if level is not None:
@@ -367,6 +365,16 @@ class BatchDecoder:
         if not is_video.numel() or int(is_video[-1]) + 1 >= request.prompt_ids.shape[1]:
             return None
         return int(is_video[-1]) + 1
+
+    @staticmethod
+    def _prefix_key(prefix: VerifyRequest) -> tuple:
+        """Rows whose requests name one clip (``clip_key``, else the pixels' contents) and one prefix of prompt ids
+        continue one shared prefix: equal keys, equal keys/values (up to float rounding when the verifier had to
+        compute them again, e.g. after its prefix cache evicted the clip, or in one forward with a question)."""
+        from evcascade.decoding.feature_cache import content_key
+
+        clip = prefix.clip_key if prefix.clip_key is not None else content_key(prefix.pixel_values_videos)
+        return clip, tuple(prefix.prompt_ids[0].tolist())
 
     def _finish(self, row: _Row) -> BatchResult:
         if row.level is not None:

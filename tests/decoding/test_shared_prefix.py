@@ -188,13 +188,18 @@ def test_a_batch_one_question_on_the_clip_while_rows_are_in_flight_changes_no_ro
     for draft_k in (0, 4):
         options = GenerationOptions(max_new_tokens=9, eos_token_ids=(NO_EOS,), draft_k=draft_k)
         CascadeDecoder(verifier, [AnswerDrafter()]).generate(items[1].request, items[1].context, options)
+    # a question joining after that (the entry now holds a copy of the prefix) still joins the clip's one prefix
+    decoder.add(BatchRequest(items[2].request, items[2].context, items[2].options, len(items)))
+    assert len(decoder.kv.prefixes) == 1 and decoder.kv.shared_prefixes().groups[0].rows.numel() == len(items) + 1
     results = {}
     while decoder.rows:
         for result in decoder.step():
             results[result.tag] = result.token_ids
     for (k, v), (k0, v0) in zip(prefix.layers, before):
         assert torch.equal(k, k0) and torch.equal(v, v0)
-    assert results == {index: batch_one(verifier, item) for index, item in enumerate(items)}
+    expected = [batch_one(verifier, item) for item in items]
+    assert results == dict(enumerate(expected + [expected[2]]))
+    assert not decoder.kv.prefixes  # the last row gone, the prefix is let go
 
     decoder.add(items[0])
     (prefix,) = decoder.kv.prefixes.values()
