@@ -139,7 +139,7 @@ def install(model) -> bool:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     config = text_decoder(model).config
-    current = config._attn_implementation
+    current = config._attn_implementation or ""
     if current.startswith(NAME + "|"):
         return True
     if current not in BASES:
