@@ -273,7 +273,9 @@ class BatchDecoder:
         self.share_prefix = bool(share_prefix) and getattr(verifier, "video_token_id", None) is not None \
             and shared_prefix.install(verifier.model)
         """Rows on one clip reference its visual prefix (``shared_prefix.py``) rather than copy it: asked for and
-        possible (a video verifier whose text attention is eager or sdpa; others copy, as with False)."""
+        possible (a video verifier whose text attention is eager or sdpa; others copy, as with False). It points
+        the verifier's text attention at the shared-prefix function, which runs the model's own attention
+        unchanged in every forward that passes no shared prefixes (batch-1 ones, HF ``generate``)."""
         self.lock = lock if lock is not None else threading.Lock()
         self.pad_token_id = int(pad_token_id)
         self.rows: list[_Row] = []
