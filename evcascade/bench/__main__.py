@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "gpu": "evcascade.bench.gpu",
     "provisional": "evcascade.bench.provisional",
     "batch": "evcascade.bench.batch",
+    "prefix": "evcascade.bench.prefix",
     "soak": "evcascade.bench.soak",
 }
 

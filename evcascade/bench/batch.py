@@ -3,9 +3,10 @@
 Held-out synthetic-world questions (``--scenes N``, the questions of one scene in order, so a group of B asks
 about one or two clips) are answered in groups of B, greedy, in two regimes: *cold* (every cache emptied before
 each group: a clip's first request pays its vision tower and visual prefill, as HF ``generate`` pays them per
-row; later requests on the clip share that prefix, copied into their rows) and *warm* (the group's clips seen
-before: an untimed one-token pass primes the video features, visual-prefix KV and draft features; HF's batched
-``generate`` keeps no cache across calls, so it has cold rows only). Rows, each at every B:
+row; later requests on the clip share that prefix, referenced, or copied into their rows with ``--prefix-sharing
+off``) and *warm* (the group's clips seen before: an untimed one-token pass primes the video features,
+visual-prefix KV and draft features; HF's batched ``generate`` keeps no cache across calls, so it has cold rows
+only). Rows, each at every B:
 
 kind "real" (the bundled cascade's own target)
     cascade batched           ``BatchDecoder`` with the cascade's top model level drafting ``--draft-k`` per row
@@ -158,7 +159,8 @@ class Totals:
 def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None = None, max_new_tokens: int = 48,
                   min_tokens: int = 0, kinds: tuple[str, ...] | None = None, draft_k: int = 8, batch_sizes: tuple[int, ...] = (1, 2, 4, 8), regimes=("cold", "warm"),
                   twin: bool = True,
-                  twin_hidden: int = 1024, twin_layers: int = 8, device: str = "cpu") -> dict[str, Any]:
+                  twin_hidden: int = 1024, twin_layers: int = 8, device: str = "cpu",
+                  share_prefix: bool = True) -> dict[str, Any]:
     from evcascade.bench.demo import build_twin
     from evcascade.bench.replay import ReplayDrafter
     from evcascade.cascade import Cascade
@@ -226,7 +228,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
             context = _fresh_context(q) if cold else q["context"]
             batch.append(BatchRequest(VerifyRequest(q["target_ids"], q["pixels"]), context, make_options(q),
                                       drafter=drafter_of(q, context) if drafter_of else None))
-        decoder = BatchDecoder(decoder_verifier, levels, pad_token_id=pad)
+        decoder = BatchDecoder(decoder_verifier, levels, pad_token_id=pad, share_prefix=share_prefix)
         started = time.perf_counter()
         results = decoder.run(batch)
         wall_s = time.perf_counter() - started
@@ -247,7 +249,8 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
         answers finish. Latency counts from the submission (queueing included)."""
         ours(twin_verifier, [], items, lambda q: replace(twin_options(q), max_new_tokens=1), replay_drafter,
              cold=False, prime=False)
-        scheduler = BatchScheduler(BatchDecoder(twin_verifier, [], pad_token_id=pad), max_batch=batch_size)
+        scheduler = BatchScheduler(BatchDecoder(twin_verifier, [], pad_token_id=pad, share_prefix=share_prefix),
+                                   max_batch=batch_size)
         done_at: dict[int, float] = {}
         started = time.perf_counter()
         futures = []
@@ -330,7 +333,8 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
                        "mean_answer_tokens": statistics.fmean(len(q["reference"]) for q in items),
                        "max_new_tokens": max_new_tokens,
                        "draft_k": draft_k, "batch_sizes": list(batch_sizes), "twin": twin, "twin_hidden": twin_hidden,
-                       "twin_layers": twin_layers, "regimes": list(regimes), "drafting_level": level.name if level else None},
+                       "twin_layers": twin_layers, "regimes": list(regimes), "drafting_level": level.name if level else None,
+                       "share_prefix": share_prefix},
             "rows": rows, "ceiling": ceiling, "outputs_identical": all(r["identical"] for r in rows)}
 
 
@@ -368,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--twin-layers", type=int, default=8)
     parser.add_argument("--no-twin", action="store_true")
     parser.add_argument("--regimes", default="cold,warm", help="cold, warm or both")
+    parser.add_argument("--prefix-sharing", choices=("on", "off"), default="on",
+                        help="rows on one clip share its visual prefix (on) or copy it (off)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="bench_out")
@@ -383,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                                max_new_tokens=args.max_new_tokens, min_tokens=args.min_tokens,
                                kinds=tuple(args.kinds.split(",")) if args.kinds else None, draft_k=args.draft_k, batch_sizes=sizes, regimes=regimes,
                                twin=not args.no_twin, twin_hidden=args.twin_hidden, twin_layers=args.twin_layers,
-                               device=args.device)
+                               device=args.device, share_prefix=args.prefix_sharing == "on")
     except ValueError as error:
         print(f"evcascade.bench batch: {error}", file=sys.stderr)
         return 2

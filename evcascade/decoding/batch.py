@@ -2,10 +2,10 @@
 
 ``BatchDecoder`` holds any number of requests ("rows"); each keeps its own answer so far, stop state, drafter
 (a per-request copy of the cascade's top model level) and KV-cache row. A video request joins with its clip's
-visual prefix only (the verifier's per-clip video features and prefix KV, computed once per clip and reused by
-every question about it); its question tokens and its first draft block are fed in its first batched step, so
-joining costs no forward of its own once the clip is cached. (A text-only request is prefilled whole at batch 1,
-judging its first draft block there, as the engine's ``draft_in_prefill`` does.) Then it rides along in
+visual prefix only (the verifier's per-clip video features and prefix KV, computed once per clip and shared by
+every question about it, see below); its question tokens and its first draft block are fed in its first batched
+step, so joining costs no forward of its own once the clip is cached. (A text-only request is prefilled whole at
+batch 1, judging its first draft block there, as the engine's ``draft_in_prefill`` does.) Then it rides along in
 ``step()``:
 
     draft   row b: its level proposes k_b tokens after its answer so far      (k_b <= draft_k, ragged)
@@ -24,10 +24,18 @@ caveat is floating point: a padded batched forward adds in another order than a 
 ~1e-6 in the logits), so an exact tie between two tokens could in principle break the other way, as it can
 between HF ``generate`` at batch 1 and batched; the tests check equality on many mixes.
 
+Prefix sharing (``share_prefix=True``, the default): the visual prefix of a clip is computed once (the verifier's
+prefix cache) and *referenced*, not copied: ``KVBatch`` keeps each distinct prefix once (the prefix-cache entry's
+own tensors, ``[1, H, P, D]`` per layer) and per row only its own positions (question + answer so far) and which
+prefix it continues; the batched forward runs the target's own layers with the shared-prefix attention function of
+``decoding/shared_prefix.py`` (one matmul per clip group over its prefix, the rows' own keys per row, merged by
+log-sum-exp), so 8 questions on one clip hold and read one prefix, not 8. Rows without a shared prefix (text-only
+requests, prompts prefilled whole) keep everything in their own positions; ``share_prefix=False`` (or a target
+whose attention is neither eager nor sdpa) copies the prefix into each row, as before. The logits of both paths
+agree to float rounding (tests: within 1e-5 on the tiny Video-LLaVA, eager and sdpa).
+
 ``decoding/scheduler.py`` runs a ``BatchDecoder`` on a worker thread behind a queue of futures, for any number of
-callers (``LiveSession`` objects, threads). The visual prefix of a clip is computed once (the verifier's
-prefix cache) and copied into each row of the batch: rows are not shared in memory (that needs a paged KV cache,
-which serving engines such as vLLM provide; see the README's scale-out plan).
+callers (``LiveSession`` objects, threads).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from typing import Any, Sequence
 
 import torch
 
+from evcascade.decoding import shared_prefix
 from evcascade.decoding.coupling import PositionNoise, coupled_choice
 from evcascade.decoding.drafters import DraftContext, Drafter
 from evcascade.decoding.engine import GenerationOptions
@@ -95,13 +104,31 @@ class _Row:
     first_token_pending: bool = False
 
 
+@dataclass
+class _Prefix:
+    """A shared prefix held by the batch: the verifier's own tensors (referenced, never written: their version
+    counters, taken when it joined, are checked before every forward)."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # [1, H, P, D] per layer
+    versions: list[tuple[int | None, int | None]]
+
+    @property
+    def length(self) -> int:
+        return int(self.layers[0][0].shape[-2])
+
+
 class KVBatch:
-    """Keys/values of several requests, left-padded to one width: ``layers[l] = (keys, values)`` ``[B, H, S, D]``
-    and ``mask [B, S]`` (True where a position is real). Rows are added, dropped and trimmed between forwards."""
+    """Keys/values of several requests. Each row's own positions are left-padded to one width: ``layers[l] =
+    (keys, values)`` ``[B, H, S, D]`` and ``mask [B, S]`` (True where a position is real). A row may continue a
+    shared prefix (``row_prefix[b]``, a key of ``prefixes``: one ``[1, H, P, D]`` tensor per layer for all its
+    rows, attended by ``shared_prefix.py``); its real positions are then the prefix's P and its own. Rows are added,
+    dropped and trimmed between forwards."""
 
     def __init__(self) -> None:
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.mask: torch.Tensor | None = None  # [B, S] bool
+        self.prefixes: dict[tuple, _Prefix] = {}
+        self.row_prefix: list[tuple | None] = []  # [B] the prefix each row continues, None for none
 
     @property
     def batch_size(self) -> int:
@@ -109,10 +136,32 @@ class KVBatch:
 
     @property
     def width(self) -> int:
+        """Positions per row held in ``layers`` (shared prefixes not counted)."""
         return 0 if self.mask is None else int(self.mask.shape[1])
 
-    def add_row(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Append one request's cache (``[1, H, S_r, D]`` per layer, all positions real), copied."""
+    def lengths(self) -> list[int]:
+        """Real positions per row: its shared prefix's and its own."""
+        own = self.mask.sum(dim=1).tolist() if self.mask is not None else []
+        return [n + (self.prefixes[key].length if key is not None else 0) for n, key in zip(own, self.row_prefix)]
+
+    def nbytes(self) -> int:
+        """Bytes of the keys and values the rows attend over: their own (padded) positions and each shared prefix
+        once. (The storages underneath may hold a few positions more: a cut tail, the question that a clip's
+        prefix-cache entry was first computed with.)"""
+        tensors = [t for layer in self.layers for t in layer]
+        tensors += [t for prefix in self.prefixes.values() for layer in prefix.layers for t in layer]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def add_row(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
+                prefix_key: tuple | None = None) -> None:
+        """Append one request's cache (``[1, H, S_r, D]`` per layer, all positions real): copied into its row, or,
+        with a ``prefix_key``, referenced as the shared prefix the row continues: one prefix per key, the first
+        one given (rows joining later with an equal key reuse it)."""
+        self.row_prefix.append(prefix_key)
+        if prefix_key is not None:
+            if prefix_key not in self.prefixes:
+                self.prefixes[prefix_key] = _Prefix(list(layers), _versions(layers))
+            layers = [(k[..., :0, :], v[..., :0, :]) for k, v in layers]  # its own positions: none yet
         length = int(layers[0][0].shape[-2])
         row_mask = torch.ones(1, length, dtype=torch.bool, device=layers[0][0].device)
         if self.mask is None:
@@ -126,8 +175,27 @@ class KVBatch:
                        for (k, v), (nk, nv) in zip(self.layers, layers)]
         self.mask = torch.cat([_pad_left(self.mask, pad_batch), _pad_left(row_mask, pad_row)])
 
+    def shared_prefixes(self):
+        """The groups for ``shared_prefix_attention`` (None when no row continues a shared prefix), after checking
+        that no prefix tensor was written in place since it joined (the verifier crops and concatenates, never
+        writes; a change would silently alter every row of the group)."""
+        from evcascade.decoding.shared_prefix import PrefixGroup, SharedPrefixes
+
+        if not self.prefixes:
+            return None
+        groups = []
+        for key, prefix in self.prefixes.items():
+            if _versions(prefix.layers) != prefix.versions:
+                raise RuntimeError("a shared prefix's keys/values were modified in place while rows continue it")
+            rows = [b for b, row_key in enumerate(self.row_prefix) if row_key == key]
+            groups.append(PrefixGroup(prefix.layers, torch.tensor(rows, device=self.mask.device)))
+        return SharedPrefixes(groups)
+
     def keep_rows(self, rows: Sequence[int]) -> None:
-        """Keep only ``rows`` (in that order); an empty list empties the batch."""
+        """Keep only ``rows`` (in that order); an empty list empties the batch. A prefix no row continues is let go."""
+        self.row_prefix = [self.row_prefix[b] for b in rows]
+        for key in set(self.prefixes) - set(self.row_prefix):
+            del self.prefixes[key]
         if not rows:
             self.layers, self.mask = [], None
             return
@@ -162,6 +230,12 @@ class KVBatch:
             self.mask = self.mask[:, start:]
 
 
+def _versions(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[int | None, int | None]]:
+    """The in-place-write counters of keys/values (None for tensors made under ``torch.inference_mode``, which
+    keep none)."""
+    return [tuple(None if t.is_inference() else t._version for t in layer) for layer in layers]
+
+
 def _pad_left(tensor: torch.Tensor, amount: int) -> torch.Tensor:
     """``tensor`` with ``amount`` zero (False) positions before its sequence axis (-2 for KV, -1 for a mask)."""
     if amount == 0:
@@ -194,8 +268,14 @@ class BatchDecoder:
     """
 
     def __init__(self, verifier: Verifier, levels: Sequence[Drafter] = (), *, lock: threading.Lock | None = None,
-                 pad_token_id: int = 0) -> None:
+                 pad_token_id: int = 0, share_prefix: bool = True) -> None:
         self.verifier, self.levels = verifier, list(levels)
+        self.share_prefix = bool(share_prefix) and getattr(verifier, "video_token_id", None) is not None \
+            and shared_prefix.install(verifier.model)
+        """Rows on one clip reference its visual prefix (``shared_prefix.py``) rather than copy it: asked for and
+        possible (a video verifier whose text attention is eager or sdpa; others copy, as with False). It points
+        the verifier's text attention at the shared-prefix function, which runs the model's own attention
+        unchanged in every forward that passes no shared prefixes (batch-1 ones, HF ``generate``)."""
         self.lock = lock if lock is not None else threading.Lock()
         self.pad_token_id = int(pad_token_id)
         self.rows: list[_Row] = []
@@ -246,11 +326,14 @@ class BatchDecoder:
                 self.verifier.prefill(prefix)  # from the verifier's prefix cache when the clip was seen
                 self.timings["prefill"] += time.perf_counter() - prefill_started
                 stats.target_forwards += self.verifier.prefix_cache.misses - misses  # a prefix forward ran
-                layers = [(k.clone(), v.clone()) for k, v in self.verifier.cache_tensors()]
+                # the prefix-cache entry's own tensors: later batch-1 use crops and concatenates onto them, never
+                # writes into them (KVBatch checks), so sharing rows reference them; copying rows clone them
+                layers = self.verifier.cache_tensors() if self.share_prefix else \
+                    [(k.clone(), v.clone()) for k, v in self.verifier.cache_tensors()]
             stats.vision_s, stats.prefill_s = self.verifier.timings["vision"], self.verifier.timings["prefill"]
             row.cached, row.unfed, row.first_token_pending = prefix_length, prompt_ids[0, prefix_length:].tolist(), True
             self.rows.append(row)
-            self.kv.add_row(layers)
+            self.kv.add_row(layers, prefix_key=self._prefix_key(prefix) if self.share_prefix else None)
             return None
         drafts = prompt_ids.new_zeros(1, 0)
         if level is not None:
@@ -287,6 +370,16 @@ class BatchDecoder:
             return None
         return int(is_video[-1]) + 1
 
+    @staticmethod
+    def _prefix_key(prefix: VerifyRequest) -> tuple:
+        """Rows whose requests name one clip (``clip_key``, else the pixels' contents) and one prefix of prompt ids
+        continue one shared prefix: equal keys, equal keys/values (up to float rounding when the verifier had to
+        compute them again, e.g. after its prefix cache evicted the clip, or in one forward with a question)."""
+        from evcascade.decoding.feature_cache import content_key
+
+        clip = prefix.clip_key if prefix.clip_key is not None else content_key(prefix.pixel_values_videos)
+        return clip, tuple(prefix.prompt_ids[0].tolist())
+
     def _finish(self, row: _Row) -> BatchResult:
         if row.level is not None:
             row.level.end(row.generated)
@@ -322,9 +415,9 @@ class BatchDecoder:
         for b, block in enumerate(blocks):
             input_ids[b, : len(block)] = torch.tensor(block, device=device)
             new_mask[b, : len(block)] = True
-        cached = torch.tensor([row.cached for row in self.rows], device=device)  # [B]
+        cached = torch.tensor([row.cached for row in self.rows], device=device)  # [B] shared prefix + own
         position_ids = cached[:, None] + torch.arange(width, device=device)  # [B, N]
-        attention_mask = torch.cat([self.kv.mask, new_mask], dim=1).long()  # [B, S+N]
+        attention_mask = torch.cat([self.kv.mask, new_mask], dim=1).long()  # [B, S+N] the rows' own positions
         started = time.perf_counter()
         logits, layers = self._forward(input_ids, attention_mask, position_ids)  # [B, N, V]
         verify_s = time.perf_counter() - started
@@ -404,13 +497,17 @@ class BatchDecoder:
         row.generated = torch.cat([row.generated, new_ids], dim=1)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
-        """The target's forward over the batch: logits ``[B, N, V]`` (float32) and the grown keys/values."""
+        """The target's forward over the batch: logits ``[B, N, V]`` (float32) and the rows' grown keys/values.
+        The cache holds the rows' own positions; rows continuing a shared prefix attend to it through
+        ``shared_prefixes`` (the attention function installed by ``shared_prefix.install``)."""
         from transformers import DynamicCache
 
         cache = DynamicCache(ddp_cache_data=self.kv.layers)
+        prefixes = self.kv.shared_prefixes()
+        extra = {"shared_prefixes": prefixes} if prefixes is not None else {}
         with torch.no_grad():
             out = self.verifier.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                      cache=cache, use_cache=True)
+                                      cache=cache, use_cache=True, **extra)
         layers = [(layer.keys, layer.values) for layer in out.cache.layers]
         return out.logits.float(), layers
 
