@@ -9,8 +9,9 @@ batch 1, judging its first draft block there, as the engine's ``draft_in_prefill
 ``step()``:
 
     draft   row b: its level proposes k_b tokens after its answer so far      (k_b <= draft_k, ragged)
-    verify  ONE forward over [pending_b, drafts_b] for every row               [B, N, V], N = max(1 + k_b);
-            left-padded cache + 2-D attention mask, positions per row          short rows right-padded, masked
+    verify  ONE forward over [pending_b, drafts_b] for every row, packed:      [1, T], T = sum(1 + k_b) real tokens;
+            the projections and MLPs compute the T real tokens only;           attention and the cache work in the
+            left-padded cache, a 4-D block mask, positions per row             padded block [B, N], N = max(1 + k_b)
     accept  row b: longest prefix of drafts equal to the target's choices      greedy argmax or the coupled choice
             (``coupling.coupled_choice`` with the row's own (seed, position) noise), then the target's token
     commit  row b's cache keeps pending + accepted drafts: the rejected and padded tail is cut off (rows that cut
@@ -23,6 +24,14 @@ target's logits at that position and (seed, position) alone, whatever the drafts
 caveat is floating point: a padded batched forward adds in another order than a batch-1 forward (differences of
 ~1e-6 in the logits), so an exact tie between two tokens could in principle break the other way, as it can
 between HF ``generate`` at batch 1 and batched; the tests check equality on many mixes.
+
+Packing (``pack=True``, the default): the rows' blocks are ragged (a joining row feeds its whole question, a row
+near its end drafts less), and padding them to one width made every row pay for the widest: on CPU, where a forward
+costs about what its tokens cost, a step with one joining row cost ~1.5x a step without. The forward's input is the
+blocks one after another (``shared_prefix.PackedLayout``); the installed attention function unpacks the queries
+into the padded block, and a cache that unpacks the new keys/values (``shared_prefix.packed_cache``), so attention
+and the cache are exactly as in the padded forward while everything else computes real tokens only (logits equal
+within 1e-5, tested). ``pack=False`` (or a target whose attention is neither eager nor sdpa) pads.
 
 Prefix sharing (``share_prefix=True``, the default): the visual prefix of a clip is computed once (the verifier's
 prefix cache) and *referenced*, not copied: ``KVBatch`` keeps each distinct prefix once (the prefix-cache entry's
