@@ -9,8 +9,9 @@ batch 1, judging its first draft block there, as the engine's ``draft_in_prefill
 ``step()``:
 
     draft   row b: its level proposes k_b tokens after its answer so far      (k_b <= draft_k, ragged)
-    verify  ONE forward over [pending_b, drafts_b] for every row               [B, N, V], N = max(1 + k_b);
-            left-padded cache + 2-D attention mask, positions per row          short rows right-padded, masked
+    verify  ONE forward over [pending_b, drafts_b] for every row, packed:      [1, T], T = sum(1 + k_b) real tokens;
+            the projections and MLPs compute the T real tokens only;           attention and the cache work in the
+            left-padded cache, a 4-D block mask, positions per row             padded block [B, N], N = max(1 + k_b)
     accept  row b: longest prefix of drafts equal to the target's choices      greedy argmax or the coupled choice
             (``coupling.coupled_choice`` with the row's own (seed, position) noise), then the target's token
     commit  row b's cache keeps pending + accepted drafts: the rejected and padded tail is cut off (rows that cut
@@ -23,6 +24,14 @@ target's logits at that position and (seed, position) alone, whatever the drafts
 caveat is floating point: a padded batched forward adds in another order than a batch-1 forward (differences of
 ~1e-6 in the logits), so an exact tie between two tokens could in principle break the other way, as it can
 between HF ``generate`` at batch 1 and batched; the tests check equality on many mixes.
+
+Packing (``pack=True``, the default): the rows' blocks are ragged (a joining row feeds its whole question, a row
+near its end drafts less), and padding them to one width made every row pay for the widest: on CPU, where a forward
+costs about what its tokens cost, a step with one joining row cost ~1.5x a step without. The forward's input is the
+blocks one after another (``shared_prefix.PackedLayout``); the installed attention function unpacks the queries
+into the padded block, and a cache that unpacks the new keys/values (``shared_prefix.packed_cache``), so attention
+and the cache are exactly as in the padded forward while everything else computes real tokens only (logits equal
+within 1e-5, tested). ``pack=False`` (or a target whose attention is neither eager nor sdpa) pads.
 
 Prefix sharing (``share_prefix=True``, the default): the visual prefix of a clip is computed once (the verifier's
 prefix cache) and *referenced*, not copied: ``KVBatch`` keeps each distinct prefix once (the prefix-cache entry's
@@ -268,8 +277,12 @@ class BatchDecoder:
     """
 
     def __init__(self, verifier: Verifier, levels: Sequence[Drafter] = (), *, lock: threading.Lock | None = None,
-                 pad_token_id: int = 0, share_prefix: bool = True) -> None:
+                 pad_token_id: int = 0, share_prefix: bool = True, pack: bool = True) -> None:
         self.verifier, self.levels = verifier, list(levels)
+        self.pack = bool(pack) and shared_prefix.install(verifier.model)
+        """The rows' new tokens go through the target packed (``[1, T]``, no padding: projections and MLPs compute
+        the real tokens only; attention works in the padded block): asked for and possible (eager or sdpa text
+        attention, as for ``share_prefix``)."""
         self.share_prefix = bool(share_prefix) and getattr(verifier, "video_token_id", None) is not None \
             and shared_prefix.install(verifier.model)
         """Rows on one clip reference its visual prefix (``shared_prefix.py``) rather than copy it: asked for and
@@ -285,7 +298,8 @@ class BatchDecoder:
         self.timings = {"verify": 0.0, "draft": 0.0, "prefill": 0.0}
         """Seconds in batched verify forwards, in drafting (every row's) and in batch-1 prefills, so far."""
         self.fed = {"rows": 0, "tokens": 0, "slots": 0}
-        """Over the batched forwards so far: rows, real tokens fed, and token slots computed (padding included)."""
+        """Over the batched forwards so far: rows, real tokens fed, and the token slots the projections and MLPs
+        computed (padding included: the tokens themselves when packed)."""
 
     # -- joining and leaving -----------------------------------------------------------------------------------
 
@@ -406,20 +420,26 @@ class BatchDecoder:
             drafts = self._propose(row, room).tolist()[0] if row.level is not None and room > 0 else []
             head = row.unfed if row.unfed else [int(row.generated[0, -1])]  # the question, or the pending token
             blocks.append(head + drafts)
-        width = max(len(block) for block in blocks)
+        lengths = [len(block) for block in blocks]
+        width = max(lengths)
         self.fed["rows"] += len(blocks)
-        self.fed["tokens"] += sum(len(block) for block in blocks)
-        self.fed["slots"] += len(blocks) * width
-        input_ids = torch.full((len(blocks), width), self.pad_token_id, dtype=torch.long, device=device)  # [B, N]
-        new_mask = torch.zeros(len(blocks), width, dtype=torch.bool, device=device)  # [B, N]
-        for b, block in enumerate(blocks):
-            input_ids[b, : len(block)] = torch.tensor(block, device=device)
-            new_mask[b, : len(block)] = True
+        self.fed["tokens"] += sum(lengths)
+        self.fed["slots"] += sum(lengths) if self.pack else len(blocks) * width  # what the projections/MLPs compute
+        new_mask = torch.arange(width, device=device)[None] < torch.tensor(lengths, device=device)[:, None]  # [B, N]
         cached = torch.tensor([row.cached for row in self.rows], device=device)  # [B] shared prefix + own
-        position_ids = cached[:, None] + torch.arange(width, device=device)  # [B, N]
-        attention_mask = torch.cat([self.kv.mask, new_mask], dim=1).long()  # [B, S+N] the rows' own positions
+        layout = shared_prefix.PackedLayout.of(lengths, device) if self.pack else None
+        if layout is not None:  # [1, T]: the blocks one after another
+            input_ids = torch.tensor([[token for block in blocks for token in block]], device=device)
+            position_ids = (cached[layout.rows] + layout.cols)[None]
+            attention_mask = self._block_mask(new_mask)  # [B, 1, N, S+N]
+        else:  # [B, N]: right-padded blocks
+            input_ids = torch.full((len(blocks), width), self.pad_token_id, dtype=torch.long, device=device)
+            for b, block in enumerate(blocks):
+                input_ids[b, : len(block)] = torch.tensor(block, device=device)
+            position_ids = cached[:, None] + torch.arange(width, device=device)  # [B, N]
+            attention_mask = torch.cat([self.kv.mask, new_mask], dim=1).long()  # [B, S+N] the rows' own positions
         started = time.perf_counter()
-        logits, layers = self._forward(input_ids, attention_mask, position_ids)  # [B, N, V]
+        logits, layers = self._forward(input_ids, attention_mask, position_ids, layout)  # [B, N, V]
         verify_s = time.perf_counter() - started
         self.forwards += 1
         self.timings["verify"] += verify_s
@@ -496,20 +516,40 @@ class BatchDecoder:
             new_ids = new_ids[:, : row.stop[0]]
         row.generated = torch.cat([row.generated, new_ids], dim=1)
 
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
+    def _block_mask(self, new_mask: torch.Tensor) -> torch.Tensor:
+        """The additive attention mask ``[B, 1, N, S+N]`` of the padded block: row b's new token i sees the row's
+        own cached positions and its new tokens up to i (a packed forward passes it whole: transformers keeps 4-D
+        masks as they are)."""
+        width = new_mask.shape[1]
+        causal = torch.ones(width, width, dtype=torch.bool, device=new_mask.device).tril()  # [N, N]
+        seen = torch.cat([self.kv.mask[:, None, :].expand(-1, width, -1), causal & new_mask[:, None, :]], dim=2)
+        dtype = self.verifier.model.dtype
+        mask = torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(~seen, torch.finfo(dtype).min)
+        return mask[:, None]
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 layout: "shared_prefix.PackedLayout | None" = None):
         """The target's forward over the batch: logits ``[B, N, V]`` (float32) and the rows' grown keys/values.
         The cache holds the rows' own positions; rows continuing a shared prefix attend to it through
-        ``shared_prefixes`` (the attention function installed by ``shared_prefix.install``)."""
+        ``shared_prefixes`` (the attention function installed by ``shared_prefix.install``). With ``layout`` the
+        input is packed ``[1, T]`` and the attention function and cache unpack it into the padded block."""
         from transformers import DynamicCache
 
-        cache = DynamicCache(ddp_cache_data=self.kv.layers)
+        extra = {}
         prefixes = self.kv.shared_prefixes()
-        extra = {"shared_prefixes": prefixes} if prefixes is not None else {}
+        if prefixes is not None:
+            extra["shared_prefixes"] = prefixes
+        if layout is not None:
+            extra["pack_layout"] = layout
+            cache = shared_prefix.packed_cache(self.kv.layers, layout)
+        else:
+            cache = DynamicCache(ddp_cache_data=self.kv.layers)
         with torch.no_grad():
             out = self.verifier.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                       cache=cache, use_cache=True, **extra)
         layers = [(layer.keys, layer.values) for layer in out.cache.layers]
-        return out.logits.float(), layers
+        logits = out.logits.float()
+        return (layout.unpack_tokens(logits) if layout is not None else logits), layers
 
 
 def _with_noise(context: DraftContext, noise: PositionNoise) -> DraftContext:

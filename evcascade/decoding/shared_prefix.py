@@ -32,6 +32,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -112,24 +113,94 @@ def _partial_softmax(scores: torch.Tensor, values: torch.Tensor):
 
 def _attention_function(base: str) -> Callable:
     """The registered function for ``base``: shared-prefix attention when the forward passes ``shared_prefixes``,
-    the model's own ``base`` attention otherwise."""
+    the model's own ``base`` attention otherwise; either over a packed block when it passes ``pack_layout``."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, shared_prefixes=None,
-                  **kwargs):
+                  pack_layout=None, **kwargs):
+        if pack_layout is not None:  # the rows' queries back in their padded block: [1, H, T, D] -> [B, H, N, D]
+            query = pack_layout.unpack(query)
         if shared_prefixes is None:
             if base == "eager":  # HF's convention: every modeling file defines its own eager_attention_forward
                 wrapped = sys.modules[type(module).__module__].eager_attention_forward
             else:
                 wrapped = ALL_ATTENTION_FUNCTIONS[base]
-            return wrapped(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-        if module.training or kwargs.get("sliding_window") or kwargs.get("softcap"):
-            raise ValueError("shared-prefix attention is for inference without sliding windows or soft-capping")
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        return shared_prefix_attention(query, key, value, attention_mask, shared_prefixes.groups,
-                                       module.layer_idx, scaling=scale), None
+            out, weights = wrapped(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                   **kwargs)
+        else:
+            if module.training or kwargs.get("sliding_window") or kwargs.get("softcap"):
+                raise ValueError("shared-prefix attention is for inference without sliding windows or soft-capping")
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            out, weights = shared_prefix_attention(query, key, value, attention_mask, shared_prefixes.groups,
+                                                   module.layer_idx, scaling=scale), None
+        return (pack_layout.pack(out), weights) if pack_layout is not None else (out, weights)  # [1 | B, T | N, H, D]
 
     return attention
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """Where the tokens of a packed batched forward sit. The forward's input is ``[1, T]``: every row's block of
+    new tokens one after another, no padding, so the projections and MLPs compute T tokens, not B x N. Packed
+    token t is column ``cols[t]`` of row ``rows[t]`` of the padded block ``[B, N]`` that attention (and the
+    cache) work in: each row attends over its own keys only, through the mask built for that block.
+
+    >>> layout = PackedLayout.of([2, 1])
+    >>> layout.unpack(torch.tensor([[[[1.], [2.], [3.]]]])).flatten().tolist()  # [1, 1, 3, 1] -> [2, 1, 2, 1]
+    [1.0, 2.0, 3.0, 0.0]
+    """
+
+    rows: torch.Tensor  # [T] long
+    cols: torch.Tensor  # [T] long
+    batch_size: int
+    width: int
+
+    @classmethod
+    def of(cls, lengths: Sequence[int], device: torch.device | str = "cpu") -> "PackedLayout":
+        """The layout of rows with ``lengths[b] >= 1`` new tokens each."""
+        rows = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(list(lengths)))
+        cols = torch.cat([torch.arange(n) for n in lengths])
+        return cls(rows.to(device), cols.to(device), len(lengths), max(lengths))
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """``[1, H, T, D]`` (heads first, as attention holds them) -> ``[B, H, N, D]``, zeros at padding."""
+        heads, dim = packed.shape[1], packed.shape[-1]
+        padded = packed.new_zeros(self.batch_size, self.width, heads, dim)
+        padded[self.rows, self.cols] = packed[0].transpose(0, 1)
+        return padded.transpose(1, 2)
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """``[B, N, ...]`` -> ``[1, T, ...]``: the real positions only."""
+        return padded[self.rows, self.cols][None]
+
+    def unpack_tokens(self, packed: torch.Tensor) -> torch.Tensor:
+        """``[1, T, ...]`` -> ``[B, N, ...]`` (e.g. logits), zeros at padding."""
+        padded = packed.new_zeros(self.batch_size, self.width, *packed.shape[2:])
+        padded[self.rows, self.cols] = packed[0]
+        return padded
+
+
+def packed_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], layout: PackedLayout):
+    """A ``DynamicCache`` over the rows' keys/values ``[B, H, S, D]`` whose ``update`` takes a packed forward's new
+    keys/values ``[1, H, T, D]`` and appends them in the padded block ``[B, H, N, D]`` (zeros at padding, which
+    the mask hides and the decoder cuts)."""
+    return _packed_cache_type()(layers, layout)
+
+
+@functools.cache
+def _packed_cache_type() -> type:
+    from transformers import DynamicCache
+
+    class PackedCache(DynamicCache):
+        def __init__(self, layers, layout: PackedLayout) -> None:
+            super().__init__(ddp_cache_data=list(layers))
+            self.layout = layout
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            return super().update(self.layout.unpack(key_states), self.layout.unpack(value_states), layer_idx,
+                                  *args, **kwargs)
+
+    return PackedCache
 
 
 def install(model) -> bool:

@@ -69,10 +69,12 @@ def random_items(verifier, seed: int, count: int, *, scripted: bool) -> list[Bat
     return items
 
 
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "padded"])
 @pytest.mark.parametrize("seed", range(6))
-def test_every_row_equals_its_batch_one_answer_with_disagreeing_drafters(verifier, seed):
+def test_every_row_equals_its_batch_one_answer_with_disagreeing_drafters(verifier, seed, pack):
     items = random_items(verifier, seed, 5, scripted=True)
-    decoder = BatchDecoder(verifier, [ScriptedDrafter()])
+    decoder = BatchDecoder(verifier, [ScriptedDrafter()], pack=pack)
+    assert decoder.pack == pack
     results = decoder.run(items)
     assert [r.token_ids for r in results] == [batch_one(verifier, item) for item in items]
     rows_right = [r for item, r in zip(items, results) if item.context.extras["wrong"](10**6) is False
@@ -110,6 +112,38 @@ def test_requests_join_between_steps_and_the_cache_holds_no_rejected_tokens(veri
                 row.prompt_ids.shape[1] + row.generated.shape[1] - 1 for row in decoder.rows]
             assert decoder.kv.width == max(real)  # padding columns shared by every row are trimmed
     assert results == reference
+
+
+def test_a_packed_forward_gives_the_padded_forwards_logits_and_cache():
+    """One step over rows of ragged blocks, packed ([1, T]) and padded ([B, N]): the same logits at every real
+    position and the same keys/values at every real cache position."""
+    verifier_model = CausalLMVerifier(tiny_llama(vocab_size=VOCAB, seed=4))
+    items = random_items(verifier_model, 21, 5, scripted=True)
+    steps = {}
+    for pack in (True, False):
+        decoder = BatchDecoder(verifier_model, [ScriptedDrafter()], pack=pack)
+        for item in items:
+            decoder.add(item)
+        captured = {}
+        forward = decoder._forward
+
+        def spy(*args, **kwargs):
+            captured["out"] = forward(*args, **kwargs)
+            return captured["out"]
+
+        decoder._forward = spy
+        decoder.step()
+        steps[pack] = captured["out"][0], decoder.kv
+    packed_logits, packed_kv = steps[True]
+    padded_logits, padded_kv = steps[False]
+    real = packed_logits.abs().sum(dim=-1) > 0  # [B, N] the packed forward leaves padding at zero
+    assert real.sum() < real.numel()  # the blocks were ragged
+    assert torch.allclose(packed_logits[real], padded_logits[real], atol=1e-5)
+    assert torch.equal(packed_kv.mask, padded_kv.mask)
+    for (packed_keys, packed_values), (padded_keys, padded_values) in zip(packed_kv.layers, padded_kv.layers):
+        kept = packed_kv.mask  # [B, S] the positions the rows keep (prompt + accepted)
+        assert torch.allclose(packed_keys.transpose(1, 2)[kept], padded_keys.transpose(1, 2)[kept], atol=1e-5)
+        assert torch.allclose(packed_values.transpose(1, 2)[kept], padded_values.transpose(1, 2)[kept], atol=1e-5)
 
 
 def test_kv_batch_cuts_ragged_tails_by_shifting_rows():

@@ -224,9 +224,13 @@ def test_batch_one_forwards_of_an_installed_model_are_unchanged():
     assert torch.equal(before, after)  # a forward without shared_prefixes runs the wrapped sdpa itself
 
 
-def test_a_text_only_verifier_is_left_as_it_is():
+def test_a_text_only_verifier_shares_no_prefix_and_is_left_as_it_is_unless_packing():
     model = tiny_llama(vocab_size=V, seed=2)
-    decoder = BatchDecoder(CausalLMVerifier(model), [])
-    assert not decoder.share_prefix and model.config._attn_implementation == "eager"
+    decoder = BatchDecoder(CausalLMVerifier(model), [], pack=False)
+    assert not decoder.share_prefix and not decoder.pack and model.config._attn_implementation == "eager"
+    decoder = BatchDecoder(CausalLMVerifier(model), [])  # packing wraps the attention too
+    assert not decoder.share_prefix and decoder.pack
+    assert model.config._attn_implementation == "evcascade_shared_prefix|eager"
+    model.config._attn_implementation = "eager"
     model.config._attn_implementation = "flash_attention_2"  # not one it wraps: such a target copies prefixes
     assert not shared_prefix.install(model) and model.config._attn_implementation == "flash_attention_2"
