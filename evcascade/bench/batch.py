@@ -160,7 +160,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
                   min_tokens: int = 0, kinds: tuple[str, ...] | None = None, draft_k: int = 8, batch_sizes: tuple[int, ...] = (1, 2, 4, 8), regimes=("cold", "warm"),
                   twin: bool = True,
                   twin_hidden: int = 1024, twin_layers: int = 8, device: str = "cpu",
-                  share_prefix: bool = True) -> dict[str, Any]:
+                  share_prefix: bool = True, pack: bool = True) -> dict[str, Any]:
     from evcascade.bench.demo import build_twin
     from evcascade.bench.replay import ReplayDrafter
     from evcascade.cascade import Cascade
@@ -228,7 +228,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
             context = _fresh_context(q) if cold else q["context"]
             batch.append(BatchRequest(VerifyRequest(q["target_ids"], q["pixels"]), context, make_options(q),
                                       drafter=drafter_of(q, context) if drafter_of else None))
-        decoder = BatchDecoder(decoder_verifier, levels, pad_token_id=pad, share_prefix=share_prefix)
+        decoder = BatchDecoder(decoder_verifier, levels, pad_token_id=pad, share_prefix=share_prefix, pack=pack)
         started = time.perf_counter()
         results = decoder.run(batch)
         wall_s = time.perf_counter() - started
@@ -249,7 +249,8 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
         answers finish. Latency counts from the submission (queueing included)."""
         ours(twin_verifier, [], items, lambda q: replace(twin_options(q), max_new_tokens=1), replay_drafter,
              cold=False, prime=False)
-        scheduler = BatchScheduler(BatchDecoder(twin_verifier, [], pad_token_id=pad, share_prefix=share_prefix),
+        scheduler = BatchScheduler(BatchDecoder(twin_verifier, [], pad_token_id=pad, share_prefix=share_prefix,
+                                                pack=pack),
                                    max_batch=batch_size)
         done_at: dict[int, float] = {}
         started = time.perf_counter()
@@ -334,7 +335,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
                        "max_new_tokens": max_new_tokens,
                        "draft_k": draft_k, "batch_sizes": list(batch_sizes), "twin": twin, "twin_hidden": twin_hidden,
                        "twin_layers": twin_layers, "regimes": list(regimes), "drafting_level": level.name if level else None,
-                       "share_prefix": share_prefix},
+                       "share_prefix": share_prefix, "pack": pack},
             "rows": rows, "ceiling": ceiling, "outputs_identical": all(r["identical"] for r in rows)}
 
 
@@ -372,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--twin-layers", type=int, default=8)
     parser.add_argument("--no-twin", action="store_true")
     parser.add_argument("--regimes", default="cold,warm", help="cold, warm or both")
+    parser.add_argument("--packing", choices=("on", "off"), default="on",
+                        help="packed verify forwards (on) or rows padded to the widest block (off)")
     parser.add_argument("--prefix-sharing", choices=("on", "off"), default="on",
                         help="rows on one clip share its visual prefix (on) or copy it (off)")
     parser.add_argument("--device", default="cpu")
@@ -389,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
                                max_new_tokens=args.max_new_tokens, min_tokens=args.min_tokens,
                                kinds=tuple(args.kinds.split(",")) if args.kinds else None, draft_k=args.draft_k, batch_sizes=sizes, regimes=regimes,
                                twin=not args.no_twin, twin_hidden=args.twin_hidden, twin_layers=args.twin_layers,
-                               device=args.device, share_prefix=args.prefix_sharing == "on")
+                               device=args.device, share_prefix=args.prefix_sharing == "on",
+                               pack=args.packing == "on")
     except ValueError as error:
         print(f"evcascade.bench batch: {error}", file=sys.stderr)
         return 2

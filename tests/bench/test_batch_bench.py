@@ -40,3 +40,12 @@ def test_an_empty_long_slice_is_a_clear_error(capsys):
     code = bench.main(["--scenes", "1", "--questions", "1", "--min-tokens", "1000", "--no-twin", "--batch-sizes", "1"])
     assert code == 2
     assert ">= 1000 tokens" in capsys.readouterr().err
+
+
+def test_packing_off_pads_rows_to_the_widest_block(tmp_path):
+    code = bench.main(["--scenes", "1", "--questions", "3", "--batch-sizes", "2", "--no-twin", "--packing", "off",
+                       "--regimes", "cold", "--max-new-tokens", "24", "--out", str(tmp_path)])
+    payload = json.loads((tmp_path / "batch.json").read_text())
+    assert code == 0 and payload["config"]["pack"] is False
+    cascade_row = next(r for r in payload["rows"] if r["row"] == "cascade batched")
+    assert cascade_row["padding_share"] > 0  # a joining row's question widens its step
