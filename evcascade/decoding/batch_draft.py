@@ -147,14 +147,12 @@ def _draft_merged(calls: list[LevelCall], starts: list[tuple[torch.Tensor | None
                 token, dist = levels[b].pick(last[b: b + 1], calls[b].generated.shape[1] + i)  # [1], [1, V]
                 ids[b].append(token)
                 dists[b].append(dist)
-        feeding = [b for b in rows if i < ks[b] - 1]  # the last draft of a row is not fed (as in propose)
-        if not feeding:
+        feeding = [i < k - 1 for k in ks]  # the last draft of a row is not fed (as in propose)
+        if not any(feeding):
             break
-        step_ids = torch.zeros(len(calls), 1, dtype=torch.long, device=device)  # [B, 1]
-        step_mask = torch.zeros(len(calls), 1, dtype=torch.bool, device=device)  # [B, 1]
-        for b in feeding:
-            step_ids[b, 0] = levels[b].safe_ids(ids[b][-1].to(device))[0]
-            step_mask[b, 0] = True
+        # the group shares one model and unknown_id; a row not fed repeats its last token, masked
+        step_ids = levels[0].safe_ids(torch.cat([row_ids[-1] for row_ids in ids]).to(device))[:, None]  # [B, 1]
+        step_mask = torch.tensor(feeding, device=device)[:, None]  # [B, 1]
         step_positions = torch.tensor([lengths[b] + catch[b] + i for b in rows], device=device)[:, None]  # [B, 1]
         logits, layers, mask = _forward(model, {"input_ids": step_ids}, mask, step_mask, step_positions, layers,
                                         vocab_size)
@@ -196,8 +194,16 @@ def _forward(model, inputs: dict, mask: torch.Tensor, new_mask: torch.Tensor, po
     from transformers import DynamicCache
 
     full_mask = torch.cat([mask, new_mask], dim=1)  # [B, S+n]
+    width, n = full_mask.shape[1], new_mask.shape[1]
+    # the additive 4-D mask, built here: transformers takes it as is (a 2-D one costs a mask build per forward,
+    # a third of a tiny drafter's forward); a query sees the real keys of its row up to itself
+    causal = torch.ones(n, width, dtype=torch.bool, device=full_mask.device).tril(diagonal=width - n)  # [n, S+n]
+    allowed = full_mask[:, None, None, :] & causal  # [B, 1, n, S+n]
+    dtype = model.get_input_embeddings().weight.dtype
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=full_mask.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)
     with torch.no_grad():
-        out = model(**inputs, attention_mask=full_mask.long(), position_ids=positions, use_cache=True,
+        out = model(**inputs, attention_mask=additive, position_ids=positions, use_cache=True,
                     cache=DynamicCache(ddp_cache_data=layers) if layers else None)
     grown = [(layer.keys, layer.values) for layer in out.cache.layers]
     return out.logits[..., :vocab_size].float(), grown, full_mask

@@ -149,7 +149,7 @@ class ModelDrafter(Drafter):
         from transformers import DynamicCache
 
         self._cache = DynamicCache(ddp_cache_data=layers)
-        fed_ids = fed_ids.to(self.device, torch.long)
+        fed_ids = fed_ids.to(self._prompt.device, torch.long)  # (not self.device: a parameter walk per call)
         self._ids = fed_ids if self._ids is None else torch.cat([self._ids, fed_ids], dim=1)
 
     def safe_ids(self, ids: torch.LongTensor) -> torch.LongTensor:
