@@ -75,8 +75,10 @@ class ModelDrafter(Drafter):
         if context is None:
             return
         self._prefix = self._prefix_of(context)
-        if self._prompt.shape[1]:  # (a prefix before an empty prompt is fed with the first proposal's ids: a
-            self._logits_after(self._prompt)  # prefill of the prefix alone would leave nothing to feed then)
+        # a prefix before an empty prompt waits for the first proposal's ids: prefilled alone, it would leave
+        # nothing to feed then (and a proposal after nothing failed)
+        if self._prompt.shape[1]:
+            self._logits_after(self._prompt)
 
     def propose(self, generated: torch.LongTensor, k: int) -> Draft:
         self.prepare()
