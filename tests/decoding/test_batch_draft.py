@@ -173,3 +173,24 @@ def test_batched_decoding_with_prefix_drafters_is_lossless(draft_model, seed):
         target_only = CascadeDecoder(verifier, []).generate(
             item.request, item.context, GenerationOptions(**{**item.options.__dict__, "draft_k": 0}))
         assert result.token_ids == target_only.token_ids[0].tolist()
+
+
+def test_the_decoder_drafts_its_rows_together(draft_model):
+    """Every ``BatchDecoder.step`` costs the rows' shared drafter at most k forwards, however many rows draft."""
+    verifier = CausalLMVerifier(tiny_llama(vocab_size=VOCAB, seed=11))
+    options = GenerationOptions(max_new_tokens=10, draft_k=4, eos_token_ids=())
+    items = [BatchRequest(VerifyRequest(torch.tensor([prompt])), DraftContext(torch.tensor([prompt])), options)
+             for prompt in ([5, 6, 7], [9], [11, 12, 13, 14, 15], [20, 21])]
+    decoder = BatchDecoder(verifier, [ModelDrafter(draft_model, name="lm")])
+    for item in items:
+        assert decoder.add(item) is None
+    calls = []
+    handle = draft_model.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        while decoder.rows:
+            before = len(calls)
+            decoder.step()
+            assert len(calls) - before <= 4  # row by row: up to 4 per drafting row
+    finally:
+        handle.remove()
+    assert calls
