@@ -20,8 +20,10 @@ or none. So ``ReplayDrafter`` has two modes:
   Exact for every level under greedy verification; the benchmark uses this mode.
 
 Either way the twin (whose own answer ``z`` is unrelated) accepts exactly what the real target accepted from
-the real level. It is the deterministic sibling of ``OracleDrafter`` (``bench/oracle.py``), which draws the
-bits at random with a set probability.
+the real level. In batched verification the real levels of all rows draft together (``level_call``, run by
+``decoding/batch_draft.py``): each level's block is its own ``propose``'s, so the replay stays exact and the
+twin's rows pay batched drafting as the real cascade's do. It is the deterministic sibling of ``OracleDrafter``
+(``bench/oracle.py``), which draws the bits at random with a set probability.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Sequence
 import torch
 
 from evcascade.bench.oracle import OracleDrafter
+from evcascade.decoding.batch_draft import LevelCall
 from evcascade.decoding.drafters import Draft, DraftContext, Drafter
 from evcascade.errors import InputError
 
@@ -95,14 +98,29 @@ class ReplayDrafter(OracleDrafter):
         super().begin(self.level_context if self.level_context is not None else context, **kwargs)
 
     def propose(self, generated: torch.LongTensor, k: int) -> Draft:
+        call = self.level_call(generated, k)
+        if call is None:
+            return self._block(generated, self._hit_bits(generated.shape[1], k))
+        return call.finish(call.level.propose(call.generated, call.k))
+
+    def level_call(self, generated: torch.LongTensor, k: int) -> LevelCall | None:
+        """The real level's part of a proposal (``batch_draft.LevelCall``: batched verification runs it with the
+        other rows' levels, one forward per position) and how its draft becomes the replay's; None without one."""
+        if self.cost_model is None:
+            return None
         start = generated.shape[1]
         if self.level_answer is not None:
             real = self.level_answer[:, :start].to(generated.device)  # [1, s] what the real level saw here
-            proposal = self.cost_model.propose(real, k).token_ids[0].tolist()  # its real block, at its real cost
-            truth = self.level_answer[0, start: start + len(proposal)].tolist()
-            bits = [p == t for p, t in zip(proposal, truth)] + [False] * (len(proposal) - len(truth))
-        else:
-            if self.cost_model is not None:
-                self.cost_model.propose(generated, k)  # the real cost of drafting k tokens; its tokens are discarded
-            bits = [position < len(self.hits) and self.hits[position] for position in range(start, start + k)]
-        return self._block(generated, bits)  # [1, k']
+
+            def live(level_draft: Draft) -> Draft:  # its real block, at its real cost, gives the bits
+                proposal = level_draft.token_ids[0].tolist()
+                truth = self.level_answer[0, start: start + len(proposal)].tolist()
+                bits = [p == t for p, t in zip(proposal, truth)] + [False] * (len(proposal) - len(truth))
+                return self._block(generated, bits)  # [1, k']
+
+            return LevelCall(self.cost_model, real, k, live)
+        # the real cost of drafting k tokens; its tokens are discarded
+        return LevelCall(self.cost_model, generated, k, lambda _: self._block(generated, self._hit_bits(start, k)))
+
+    def _hit_bits(self, start: int, k: int) -> list[bool]:
+        return [position < len(self.hits) and self.hits[position] for position in range(start, start + k)]

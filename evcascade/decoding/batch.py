@@ -8,7 +8,8 @@ step, so joining costs no forward of its own once the clip is cached. (A text-on
 batch 1, judging its first draft block there, as the engine's ``draft_in_prefill`` does.) Then it rides along in
 ``step()``:
 
-    draft   row b: its level proposes k_b tokens after its answer so far      (k_b <= draft_k, ragged)
+    draft   row b: its level proposes k_b tokens after its answer so far      (k_b <= draft_k, ragged); rows
+            whose levels are copies of one model draft together, one forward per position (``batch_draft.py``)
     verify  ONE forward over [pending_b, drafts_b] for every row, packed:      [1, T], T = sum(1 + k_b) real tokens;
             the projections and MLPs compute the T real tokens only;           attention and the cache work in the
             left-padded cache, a 4-D block mask, positions per row             padded block [B, N], N = max(1 + k_b)
@@ -58,6 +59,7 @@ from typing import Any, Sequence
 import torch
 
 from evcascade.decoding import shared_prefix
+from evcascade.decoding.batch_draft import propose_together
 from evcascade.decoding.coupling import PositionNoise, coupled_choice
 from evcascade.decoding.drafters import DraftContext, Drafter
 from evcascade.decoding.engine import GenerationOptions
@@ -413,13 +415,15 @@ class BatchDecoder:
         if not self.rows:
             return []
         device = self.verifier.device
+        rooms = [min(row.item.options.draft_k, row.item.options.max_new_tokens - row.generated.shape[1] - 1)
+                 for row in self.rows]
+        drafting = [b for b, row in enumerate(self.rows) if row.level is not None and rooms[b] > 0]
+        drafts_of = dict(zip(drafting, self._propose_rows([self.rows[b] for b in drafting],
+                                                          [rooms[b] for b in drafting])))
         blocks = []  # per row: [pending] + drafts
-        for row in self.rows:
-            options = row.item.options
-            room = min(options.draft_k, options.max_new_tokens - row.generated.shape[1] - 1)
-            drafts = self._propose(row, room).tolist()[0] if row.level is not None and room > 0 else []
+        for b, row in enumerate(self.rows):
             head = row.unfed if row.unfed else [int(row.generated[0, -1])]  # the question, or the pending token
-            blocks.append(head + drafts)
+            blocks.append(head + drafts_of.get(b, []))
         lengths = [len(block) for block in blocks]
         width = max(lengths)
         self.fed["rows"] += len(blocks)
@@ -483,14 +487,26 @@ class BatchDecoder:
     # -- helpers ---------------------------------------------------------------------------------------------
 
     def _propose(self, row: _Row, k: int) -> torch.LongTensor:
+        return torch.tensor([self._propose_rows([row], [k])[0]], dtype=torch.long, device=self.verifier.device)
+
+    def _propose_rows(self, rows: Sequence[_Row], ks: Sequence[int]) -> list[list[int]]:
+        """Each row's drafts (at most ``ks[i]``): rows whose levels are copies of one model draft together
+        (``batch_draft.propose_together``), each as its own ``propose`` would; the time is shared out evenly."""
+        if not rows:
+            return []
         started = time.perf_counter()
-        ids = row.level.propose(row.generated, k).token_ids.to(self.verifier.device, torch.long)  # [1, <= k]
-        row.stats.levels[0].draft_s += time.perf_counter() - started
-        self.timings["draft"] += time.perf_counter() - started
-        row.stats.levels[0].calls += 1
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.verifier.vocab_size):
-            raise ValueError(f"drafter {row.level.name!r} proposed ids outside [0, {self.verifier.vocab_size})")
-        return ids[:, :k]
+        drafts = propose_together([row.level for row in rows], [row.generated for row in rows], ks)
+        draft_s = time.perf_counter() - started
+        self.timings["draft"] += draft_s
+        proposals = []
+        for row, draft, k in zip(rows, drafts, ks):
+            row.stats.levels[0].draft_s += draft_s / len(rows)
+            row.stats.levels[0].calls += 1
+            ids = draft.token_ids.to(torch.long)  # [1, <= k]
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.verifier.vocab_size):
+                raise ValueError(f"drafter {row.level.name!r} proposed ids outside [0, {self.verifier.vocab_size})")
+            proposals.append(ids[0, :k].tolist())
+        return proposals
 
     def _accept(self, row: _Row, drafts: list[int], logits: torch.Tensor, first_position: int) -> tuple[int, int]:
         """How many of ``drafts`` the target keeps and its token after them, from ``logits [1 + k, V]`` (row i:

@@ -75,7 +75,9 @@ class ModelDrafter(Drafter):
         if context is None:
             return
         self._prefix = self._prefix_of(context)
-        if self._prompt.shape[1] or self._prefix is not None:
+        # a prefix before an empty prompt waits for the first proposal's ids: prefilled alone, it would leave
+        # nothing to feed then (and a proposal after nothing failed)
+        if self._prompt.shape[1]:
             self._logits_after(self._prompt)
 
     def propose(self, generated: torch.LongTensor, k: int) -> Draft:
@@ -86,13 +88,18 @@ class ModelDrafter(Drafter):
         logits = self._logits_after(sequence)  # [B, V]
         ids, dists = [], []
         for i in range(k):
-            dist = probabilities(logits, self._sampling)  # [B, V]
-            token = self._choose(logits, dist, generated.shape[1] + i)  # [B]
+            token, dist = self.pick(logits, generated.shape[1] + i)  # [B], [B, V]
             ids.append(token)
             dists.append(dist)
             if i < k - 1:
                 logits = self._feed(token[:, None])[:, -1]
         return Draft(torch.stack(ids, dim=1), torch.stack(dists, dim=1))  # [B, k], [B, k, V]
+
+    def pick(self, logits: torch.Tensor, position: int) -> tuple[torch.LongTensor, torch.Tensor]:
+        """The drafted token ``[B]`` at answer ``position`` after next-token ``logits [B, V]`` and the processed
+        distribution ``[B, V]`` it comes from (``propose``'s rule, also used by batched drafting)."""
+        dist = probabilities(logits, self._sampling)  # [B, V]
+        return self._choose(logits, dist, position), dist
 
     def _choose(self, logits: torch.Tensor, dist: torch.Tensor, position: int) -> torch.LongTensor:
         """The drafted token ``[B]`` at answer ``position``: greedy argmax, the coupled choice with the target's
@@ -114,6 +121,42 @@ class ModelDrafter(Drafter):
     def accepted(self, num_accepted: int, next_token: torch.LongTensor) -> None:
         if self._ids is not None:
             self._crop(min(self._ids.shape[1], self._proposal_start + num_accepted))
+
+    # -- batched drafting (decoding/batch_draft.py drafts several requests' copies of one model together) ----
+
+    def start_batched(self, generated: torch.LongTensor) -> tuple[torch.Tensor | None, torch.LongTensor] | None:
+        """Begin a proposal after ``generated`` whose forwards someone else runs: ``(prefix, ids)``, what the
+        cache lacks of ``visual prefix + prompt + generated``: the prefix embeddings ``[1, Np, D]`` (a request not
+        yet prepared, whose prefill joins the batch) or None, then the ids ``[1, c]`` (their last one's logits
+        give the first draft; the cache is cropped to what it shares with the sequence). None: nothing to feed
+        (an empty request) or a batch of several sequences: the request proposes alone."""
+        sequence = self._sequence(generated)
+        if sequence.shape[0] != 1:
+            return None
+        if self._unprepared is not None:  # prepare() without its forward: the prefill is fed in the batch
+            context, self._unprepared = self._unprepared, None
+            self._prefix = self._prefix_of(context)
+        if self._cache is None:
+            return (self._prefix, sequence) if sequence.shape[1] else None
+        return None, sequence[:, self._crop_to_common_prefix(sequence):]
+
+    def cache_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The cached keys/values, ``(keys, values)`` ``[1, H, S, D]`` per layer (all S positions real); [] if none."""
+        return [] if self._cache is None else [(layer.keys, layer.values) for layer in self._cache.layers]
+
+    def adopt_batched(self, layers: list[tuple[torch.Tensor, torch.Tensor]], fed_ids: torch.LongTensor) -> None:
+        """End a batched proposal: the cache becomes ``layers`` (this request's positions only, ``[1, H, S', D]``),
+        which hold the old cache plus what ``start_batched`` returned and the drafts fed after it; ``fed_ids
+        [1, m]``: the text ids among them."""
+        from transformers import DynamicCache
+
+        self._cache = DynamicCache(ddp_cache_data=layers)
+        fed_ids = fed_ids.to(self._prompt.device, torch.long)  # (not self.device: a parameter walk per call)
+        self._ids = fed_ids if self._ids is None else torch.cat([self._ids, fed_ids], dim=1)
+
+    def safe_ids(self, ids: torch.LongTensor) -> torch.LongTensor:
+        """``ids`` with those the model cannot embed replaced by ``unknown_id``."""
+        return ids.masked_fill(ids >= self._embed_rows, self.unknown_id)
 
     # -- cache management ------------------------------------------------------------------------------------
 
@@ -147,7 +190,7 @@ class ModelDrafter(Drafter):
 
     def _feed(self, ids: torch.LongTensor) -> torch.Tensor:
         """Append ``ids [B, n]`` (and the visual prefix on the first call) to the cache; logits ``[B, n', V]``."""
-        safe_ids = ids.masked_fill(ids >= self._embed_rows, self.unknown_id)
+        safe_ids = self.safe_ids(ids)
         inputs: dict = {"input_ids": safe_ids}
         if self._cache is None and self._prefix is not None:
             embeds = self.model.get_input_embeddings()(safe_ids)  # [B, n, D]
