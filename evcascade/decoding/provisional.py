@@ -10,14 +10,19 @@ the verified answer (the target's own, lossless) otherwise. This module holds th
   (EOS / max_new_tokens / stop strings) exactly as the target's answer is cut (``StopChecker``);
 - ``first_difference(provisional, verified)``: where the two answers first differ, in tokens and characters.
 
-The provisional answer never enters the verified one: the cascade decodes afterwards, losslessly, as always.
+``ProvisionalDrafting`` drafts it on a thread of its own with its own copy of the level (``drafter_copy``: the same
+weights, its own KV cache and per-clip memos), so the verified decode starts at once instead of after it. The
+provisional answer never enters the verified one: the cascade decodes it losslessly, as always.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -102,6 +107,48 @@ def timed_draft_answer(level: Drafter, context: DraftContext, stopper: StopCheck
     done = time.perf_counter()
     text = tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None else ""
     return ProvisionalAnswer(text, ids, level.name, done - started_s, done - began)
+
+
+def drafter_copy(level: Drafter) -> Drafter:
+    """``level`` for another thread: the same (frozen) weights, its own cache and its own per-clip memos (an
+    ``EventDrafterPrefix`` memoises the last clip's features; sharing it across threads would race)."""
+    twin = copy.copy(level)
+    prefix = getattr(level, "prefix_fn", None)
+    if prefix is not None and callable(getattr(prefix, "clear", None)):
+        twin.prefix_fn = copy.copy(prefix)
+        twin.prefix_fn.clear()
+    return twin
+
+
+class ProvisionalDrafting:
+    """Provisional answers drafted off the caller's thread by a copy of ``level`` (``drafter_copy``), so the verified
+    decode on the caller's (or the batch scheduler's) thread does not wait for them. Requests share the copy one at
+    a time (its cache is one request's state); each runs on a daemon thread of its own."""
+
+    def __init__(self, level: Drafter, tokenizer) -> None:
+        self.level, self.tokenizer = drafter_copy(level), tokenizer
+        self._lock = threading.Lock()
+
+    def start(self, context: DraftContext, stopper: StopChecker, *, started_s: float,
+              on_answer: Callable[[ProvisionalAnswer], Any] | None = None, block: int = 4) -> "Future[ProvisionalAnswer]":
+        """Draft on a new thread; the future resolves to the `ProvisionalAnswer` after ``on_answer(answer)`` (called
+        on that thread) returns, or to the error either raised."""
+        future: Future = Future()
+
+        def work() -> None:
+            try:
+                with self._lock:
+                    early = timed_draft_answer(self.level, context, stopper, self.tokenizer, started_s=started_s,
+                                               block=block)
+                if on_answer is not None:
+                    on_answer(early)
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
+            else:
+                future.set_result(early)
+
+        threading.Thread(target=work, daemon=True, name="evcascade-provisional").start()
+        return future
 
 
 def first_difference(provisional_ids: Sequence[int], verified_ids: Sequence[int], provisional_text: str = "",
