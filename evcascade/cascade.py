@@ -212,6 +212,8 @@ class Cascade:
         self.max_batch = 8  # most requests the scheduler verifies in one forward (set before the first submit)
         self._scheduler_lock = threading.Lock()
         self._provisional_drafting = None  # the provisional answers' own drafter copy, made on first use
+        self.provisional_level: str | None = None
+        """Name of the level that drafts provisional answers (None: the top model level); set before the first."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -458,7 +460,8 @@ class Cascade:
                               tokenizer=gen.tokenizer)
         with self._scheduler_lock:
             if self._provisional_drafting is None:  # its own drafter copy, made once (the weights are shared)
-                self._provisional_drafting = ProvisionalDrafting(provisional_level(self.levels), self.tokenizer)
+                level = provisional_level(self.levels, self.provisional_level)
+                self._provisional_drafting = ProvisionalDrafting(level, self.tokenizer)
         return self._provisional_drafting.start(context, stopper, started_s=started_s, on_answer=on_answer)
 
     def _add_agreement(self, context, pixels: torch.Tensor) -> None:

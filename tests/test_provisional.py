@@ -56,8 +56,11 @@ def test_draft_answer_is_the_levels_own_greedy_answer_cut_at_the_stop(block):
     assert draft_answer(level, context, StopChecker(eos_token_ids=(eos,), max_new_tokens=10), block=block) == cut
 
 
-def test_the_provisional_level_is_the_top_model_level_and_an_ngram_alone_is_refused(cascade):
+def test_the_provisional_level_is_the_top_model_level_or_the_one_named_and_an_ngram_alone_is_refused(cascade):
     assert provisional_level(cascade.levels).name == "events+frame"
+    assert provisional_level(cascade.levels, "events").name == "events"
+    with pytest.raises(InputError, match=r"'ngram' is not a model level of this cascade; choose one of \['events'"):
+        provisional_level(cascade.levels, "ngram")
     with pytest.raises(InputError, match="needs a model drafting level"):
         provisional_level([NGramDrafter(name="ngram")])
 

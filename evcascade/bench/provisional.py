@@ -86,9 +86,11 @@ def _window_clip(sample, num_frames: int, window_ms: float):
 def run_benchmark(models: tuple[str, ...] = ("bundled-windows", "bundled"), *, scenes: int, seed: int,
                   questions: int | None = None, max_new_tokens: int = 80, draft_k: int = 8,
                   windows_ms: tuple[float, ...] = (50, 250, 500, 1500), twin: bool = True, twin_hidden: int = 1024,
-                  twin_layers: int = 8, device: str = "cpu", duration_us: int | None = None) -> dict[str, Any]:
+                  twin_layers: int = 8, device: str = "cpu", duration_us: int | None = None,
+                  level: str | None = None) -> dict[str, Any]:
     from evcascade.cascade import Cascade
     from evcascade.data.world import WorldConfig
+    from evcascade.decoding.provisional import provisional_level
 
     if scenes < 1 or not windows_ms or min(windows_ms) <= 0 or not models:
         raise InputError(f"--scenes must be >= 1, --windows-ms positive and --models non-empty, got {scenes}, "
@@ -98,15 +100,15 @@ def run_benchmark(models: tuple[str, ...] = ("bundled-windows", "bundled"), *, s
     cascades = {}
     for model in models:
         cascade = Cascade.from_pretrained(model, device=device)
+        cascade.provisional_level = level
+        provisional_level(cascade.levels, level)  # a bad --provisional-level is named before any measuring
         cascades[model] = cascade
         records += _measure(model, cascade, scenes=scenes, seed=seed, questions=questions,
                             max_new_tokens=max_new_tokens, draft_k=draft_k, windows_ms=windows_ms, twin=twin,
                             twin_hidden=twin_hidden, twin_layers=twin_layers, world=world)
-    from evcascade.decoding.provisional import provisional_level
-
     report = {"benchmark": "provisional", "models": list(models),
               "cascades": {m: repr(c) for m, c in cascades.items()},
-              "provisional_level": {m: provisional_level(c.levels).name for m, c in cascades.items()},
+              "provisional_level": {m: provisional_level(c.levels, level).name for m, c in cascades.items()},
               "environment": environment_info(device),
               "config": {"scenes": scenes, "seed": seed, "questions_per_scene": questions, "max_new_tokens": max_new_tokens,
                          "draft_k": draft_k, "windows_ms": list(windows_ms), "twin": twin, "twin_hidden": twin_hidden,
@@ -311,7 +313,9 @@ def format_report(report: dict[str, Any]) -> str:
              "facts by attribute (cold): how many the verified answers state, and the share the provisional ones state "
              "the same", format_table(report["attributes"], ("model", "window_ms", "attribute", "facts", "same")), ""]
     for key, aim in report["aim"].items():
-        lines.append(f"aim {key}: twin {aim['twin_sooner'] or 0:.1f}x sooner (>= {AIM_SPEEDUP:g}: {aim['sooner_met']}), "
+        sooner = (f"twin {aim['twin_sooner']:.1f}x sooner (>= {AIM_SPEEDUP:g}: {aim['sooner_met']})"
+                  if aim["twin_sooner"] is not None else "no twin run")
+        lines.append(f"aim {key}: {sooner}, "
                      f"facts {aim['facts']:.3f} (>= {AIM_AGREEMENT}: {aim['facts_met']}), "
                      f"task agreement {aim['task_agree']:.3f}")
     lines.append(f"verified answers equal to the cascade's without a provisional one (and the twin's to its "
@@ -331,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--twin-hidden", type=int, default=1024)
     parser.add_argument("--twin-layers", type=int, default=8)
     parser.add_argument("--no-twin", action="store_true")
+    parser.add_argument("--provisional-level", help="the level that drafts provisional answers (default: the top "
+                                                    "model level)")
     parser.add_argument("--report", help="summarise the records of a provisional.json written before again (print "
                                          "the tables, write the report under --out) instead of measuring")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -344,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_benchmark(models, scenes=args.scenes, seed=args.seed, questions=args.questions,
                                max_new_tokens=args.max_new_tokens, draft_k=args.draft_k, windows_ms=windows,
                                twin=not args.no_twin, twin_hidden=args.twin_hidden, twin_layers=args.twin_layers,
-                               device=args.device, duration_us=args.duration_us)
+                               device=args.device, duration_us=args.duration_us, level=args.provisional_level)
     except ValueError as error:  # InputError is a ValueError; a bad --windows-ms too
         print(f"evcascade.bench provisional: {error}", file=sys.stderr)
         return 2

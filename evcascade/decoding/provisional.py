@@ -61,9 +61,10 @@ class ProvisionalAnswer:
                 "first_difference_char": self.first_difference_char}
 
 
-def provisional_level(levels: Sequence[Drafter]) -> Drafter:
-    """The level whose greedy answer is the provisional one: the last (most informed) level that can review,
-    i.e. a model level. Raises ``InputError`` for a cascade with none (an n-gram cannot answer alone).
+def provisional_level(levels: Sequence[Drafter], name: str | None = None) -> Drafter:
+    """The level whose greedy answer is the provisional one: the level called ``name``, or by default the last (most
+    informed) level that can review, i.e. a model level. Raises ``InputError`` for a cascade with none (an n-gram
+    cannot answer alone) and for a ``name`` that is no model level of the cascade.
 
     >>> from evcascade.decoding.ngram import NGramDrafter
     >>> provisional_level([NGramDrafter()])
@@ -75,7 +76,13 @@ def provisional_level(levels: Sequence[Drafter]) -> Drafter:
     if not models:
         raise InputError(f"a provisional answer needs a model drafting level; this cascade has "
                          f"{[level.name for level in levels]}")
-    return models[-1]
+    if name is None:
+        return models[-1]
+    named = [level for level in models if level.name == name]
+    if not named:
+        raise InputError(f"provisional level {name!r} is not a model level of this cascade; choose one of "
+                         f"{[level.name for level in models]}")
+    return named[0]
 
 
 def draft_answer(level: Drafter, context: DraftContext, stopper: StopChecker, *, block: int = 4) -> list[int]:
