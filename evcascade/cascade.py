@@ -213,7 +213,7 @@ class Cascade:
         self._scheduler_lock = threading.Lock()
         self._provisional_drafting = None  # the provisional answers' own drafter copy, made on first use
         self.provisional_level: str | None = None
-        """Name of the level that drafts provisional answers (None: the top model level); set before the first."""
+        """Name of the level that drafts provisional answers (None: the top model level)."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -458,10 +458,10 @@ class Cascade:
         eos = gen.eos_token_ids if gen.eos_token_ids is not None else self.verifier.eos_token_ids
         stopper = StopChecker(eos_token_ids=eos, max_new_tokens=gen.max_new_tokens, stop_strings=gen.stop_strings,
                               tokenizer=gen.tokenizer)
+        level = provisional_level(self.levels, self.provisional_level)
         with self._scheduler_lock:
-            if self._provisional_drafting is None:  # its own drafter copy, made once (the weights are shared)
-                level = provisional_level(self.levels, self.provisional_level)
-                self._provisional_drafting = ProvisionalDrafting(level, self.tokenizer)
+            if self._provisional_drafting is None or self._provisional_drafting.source is not level:
+                self._provisional_drafting = ProvisionalDrafting(level, self.tokenizer)  # a copy; weights shared
         return self._provisional_drafting.start(context, stopper, started_s=started_s, on_answer=on_answer)
 
     def _add_agreement(self, context, pixels: torch.Tensor) -> None:

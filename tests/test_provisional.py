@@ -178,6 +178,24 @@ def test_the_verified_decode_does_not_wait_for_the_provisional_answer(cascade, c
     level = provisional_level(cascade.levels)
     assert drafting.level is not level and drafting.level.model is level.model
     assert drafting.level.prefix_fn is not level.prefix_fn and drafting.level.prefix_fn.encoder is level.prefix_fn.encoder
+    # another level named: its own answer, drafted by a copy of it
+    cascade.provisional_level = "events"
+    try:
+        early = cascade.draft_provisional("what is moving ?", clip, max_new_tokens=8).result(timeout=60)
+        built = cascade.prompter("what is moving ?")
+        context = DraftContext(built.text_ids, events=clip.events, video=clip.video)
+        stopper = StopChecker(eos_token_ids=cascade.verifier.eos_token_ids, max_new_tokens=8)
+        assert early.level == "events" and early.token_ids == draft_answer(cascade.levels[1], context, stopper)
+    finally:
+        cascade.provisional_level = None
+    # an error in the callback reaches the caller, after the verified decode
+    def broken(early):
+        raise RuntimeError("the robot's callback failed")
+
+    with pytest.raises(RuntimeError, match="the robot's callback failed"):
+        cascade.generate(prompt="what is moving ?", clip=clip, max_new_tokens=4, provisional=broken)
+    with pytest.raises(InputError, match="on_answer must be a callable"):
+        cascade.draft_provisional("what is moving ?", clip, on_answer="print")
 
 
 def live_session(cascade, seed: int, **kwargs) -> LiveSession:

@@ -133,7 +133,7 @@ class ProvisionalDrafting:
     a time (its cache is one request's state); each runs on a daemon thread of its own."""
 
     def __init__(self, level: Drafter, tokenizer) -> None:
-        self.level, self.tokenizer = drafter_copy(level), tokenizer
+        self.source, self.level, self.tokenizer = level, drafter_copy(level), tokenizer
         self._lock = threading.Lock()
 
     def start(self, context: DraftContext, stopper: StopChecker, *, started_s: float,
