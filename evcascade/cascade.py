@@ -214,6 +214,9 @@ class Cascade:
         self._provisional_drafting = None  # the provisional answers' own drafter copy, made on first use
         self.provisional_level: str | None = None
         """Name of the level that drafts provisional answers (None: the top model level)."""
+        self.provisional_mix = 0.0
+        """> 0: every other model level drafts the provisional answer with it, its log-probabilities weighted by
+        this (``decoding.provisional.mixed_answer``); 0: the provisional level alone."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -458,11 +461,18 @@ class Cascade:
         eos = gen.eos_token_ids if gen.eos_token_ids is not None else self.verifier.eos_token_ids
         stopper = StopChecker(eos_token_ids=eos, max_new_tokens=gen.max_new_tokens, stop_strings=gen.stop_strings,
                               tokenizer=gen.tokenizer)
+        if not (isinstance(self.provisional_mix, (int, float)) and self.provisional_mix >= 0):
+            raise InputError(f"provisional_mix must be a number >= 0, got {self.provisional_mix!r}")
         level = provisional_level(self.levels, self.provisional_level)
+        mix = [(other, self.provisional_mix) for other in self.levels
+               if other.can_review and other is not level] if self.provisional_mix else []
+        wanted = (level, *(other for other, _ in mix))
         with self._scheduler_lock:
-            if self._provisional_drafting is None or self._provisional_drafting.source is not level:
-                self._provisional_drafting = ProvisionalDrafting(level, self.tokenizer)  # a copy; weights shared
-        return self._provisional_drafting.start(context, stopper, started_s=started_s, on_answer=on_answer)
+            drafting = self._provisional_drafting
+            if drafting is None or drafting.source != wanted or drafting.weights[1:] != tuple(w for _, w in mix):
+                self._provisional_drafting = ProvisionalDrafting(level, self.tokenizer, mix)  # copies; weights shared
+            drafting = self._provisional_drafting
+        return drafting.start(context, stopper, started_s=started_s, on_answer=on_answer)
 
     def _add_agreement(self, context, pixels: torch.Tensor) -> None:
         """Put the clip's event/video agreement map (computed once per clip) where the modality rule reads it."""

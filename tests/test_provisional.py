@@ -14,7 +14,8 @@ from evcascade import Events, InputError, load_clip
 from evcascade.decoding.drafters import DraftContext
 from evcascade.decoding.model_drafter import ModelDrafter
 from evcascade.decoding.ngram import NGramDrafter
-from evcascade.decoding.provisional import (ProvisionalAnswer, draft_answer, first_difference, provisional_level)
+from evcascade.decoding.provisional import (ProvisionalAnswer, draft_answer, first_difference, mixed_answer,
+                                              provisional_level)
 from evcascade.decoding.stopping import StopChecker
 from evcascade.live import LiveSession
 from evcascade.models.tiny import tiny_llama
@@ -54,6 +55,30 @@ def test_draft_answer_is_the_levels_own_greedy_answer_cut_at_the_stop(block):
     eos = reference[4]  # a token of the answer made EOS: the answer ends at its first occurrence, kept
     cut = reference[: reference.index(eos) + 1]
     assert draft_answer(level, context, StopChecker(eos_token_ids=(eos,), max_new_tokens=10), block=block) == cut
+
+
+def test_mixed_answer_is_the_greedy_answer_of_the_weighted_sum_of_the_levels_log_probabilities():
+    model_a, model_b = tiny_llama(vocab_size=40, seed=2), tiny_llama(vocab_size=40, seed=3)
+    prompt = [1, 7, 9, 3]
+    ids = list(prompt)
+    for _ in range(9):  # the reference: full forwards, no cache
+        with torch.no_grad():
+            scores = (torch.log_softmax(model_a(torch.tensor([ids])).logits[0, -1], -1)
+                      + 0.5 * torch.log_softmax(model_b(torch.tensor([ids])).logits[0, -1], -1))
+        ids.append(int(scores.argmax()))
+    reference = ids[len(prompt):]
+    context = DraftContext(torch.tensor([prompt]))
+    stopper = StopChecker(eos_token_ids=(), max_new_tokens=9)
+    levels = [ModelDrafter(model_a, name="a"), ModelDrafter(model_b, name="b")]
+    assert mixed_answer(levels, [1.0, 0.5], context, stopper) == reference
+    alone = draft_answer(ModelDrafter(model_a), context, stopper)
+    assert alone != reference  # the second level changes the answer: the check above is not the first level's
+    assert mixed_answer(levels, [1.0, 0.0], context, stopper) == alone  # weight 0: the first level alone
+    eos = reference[3]
+    assert mixed_answer(levels, [1.0, 0.5], context, StopChecker(eos_token_ids=(eos,), max_new_tokens=9)) == \
+        reference[: reference.index(eos) + 1]
+    with pytest.raises(InputError, match="one weight per model level"):
+        mixed_answer(levels, [1.0], context, stopper)
 
 
 def test_the_provisional_level_is_the_top_model_level_or_the_one_named_and_an_ngram_alone_is_refused(cascade):
@@ -186,8 +211,16 @@ def test_the_verified_decode_does_not_wait_for_the_provisional_answer(cascade, c
         context = DraftContext(built.text_ids, events=clip.events, video=clip.video)
         stopper = StopChecker(eos_token_ids=cascade.verifier.eos_token_ids, max_new_tokens=8)
         assert early.level == "events" and early.token_ids == draft_answer(cascade.levels[1], context, stopper)
+        cascade.provisional_level, cascade.provisional_mix = None, 0.5  # the other model levels draft with it
+        early = cascade.draft_provisional("what is moving ?", clip, max_new_tokens=8).result(timeout=60)
+        levels = [provisional_level(cascade.levels), cascade.levels[1]]
+        assert early.level == "events+frame+0.5*events"
+        assert early.token_ids == mixed_answer(levels, [1.0, 0.5], context, stopper)
+        cascade.provisional_mix = -1.0
+        with pytest.raises(InputError, match="provisional_mix must be a number >= 0, got -1.0"):
+            cascade.draft_provisional("what is moving ?", clip, max_new_tokens=8)
     finally:
-        cascade.provisional_level = None
+        cascade.provisional_level, cascade.provisional_mix = None, 0.0
     # an error in the callback reaches the caller, after the verified decode
     def broken(early):
         raise RuntimeError("the robot's callback failed")

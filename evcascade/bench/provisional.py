@@ -87,7 +87,7 @@ def run_benchmark(models: tuple[str, ...] = ("bundled-windows", "bundled"), *, s
                   questions: int | None = None, max_new_tokens: int = 80, draft_k: int = 8,
                   windows_ms: tuple[float, ...] = (50, 250, 500, 1500), twin: bool = True, twin_hidden: int = 1024,
                   twin_layers: int = 8, device: str = "cpu", duration_us: int | None = None,
-                  level: str | None = None) -> dict[str, Any]:
+                  level: str | None = None, mix: float = 0.0) -> dict[str, Any]:
     from evcascade.cascade import Cascade
     from evcascade.data.world import WorldConfig
     from evcascade.decoding.provisional import provisional_level
@@ -95,12 +95,14 @@ def run_benchmark(models: tuple[str, ...] = ("bundled-windows", "bundled"), *, s
     if scenes < 1 or not windows_ms or min(windows_ms) <= 0 or not models:
         raise InputError(f"--scenes must be >= 1, --windows-ms positive and --models non-empty, got {scenes}, "
                          f"{list(windows_ms)} and {list(models)}")
+    if not mix >= 0:
+        raise InputError(f"--provisional-mix must be >= 0, got {mix}")
     world = WorldConfig(**({"duration_us": duration_us} if duration_us else {}))
     records: list[dict[str, Any]] = []
     cascades = {}
     for model in models:
         cascade = Cascade.from_pretrained(model, device=device)
-        cascade.provisional_level = level
+        cascade.provisional_level, cascade.provisional_mix = level, mix
         provisional_level(cascade.levels, level)  # a bad --provisional-level is named before any measuring
         cascades[model] = cascade
         records += _measure(model, cascade, scenes=scenes, seed=seed, questions=questions,
@@ -112,7 +114,7 @@ def run_benchmark(models: tuple[str, ...] = ("bundled-windows", "bundled"), *, s
               "environment": environment_info(device),
               "config": {"scenes": scenes, "seed": seed, "questions_per_scene": questions, "max_new_tokens": max_new_tokens,
                          "draft_k": draft_k, "windows_ms": list(windows_ms), "twin": twin, "twin_hidden": twin_hidden,
-                         "twin_layers": twin_layers, "duration_us": world.duration_us,
+                         "twin_layers": twin_layers, "duration_us": world.duration_us, "provisional_mix": mix,
                          "world": f"synthetic world, {world.duration_us / 1e6:g} s clips; each question about the clip's last window (frames and "
                                   "events), judged by qa_pairs(scene, window_us)"},
               "records": records}
@@ -305,7 +307,9 @@ COLUMNS = ("model", "regime", "window_ms", "kind", "answers", "provisional_ms", 
 
 def format_report(report: dict[str, Any]) -> str:
     config = report["config"]
-    levels = ", ".join(f"{m}: {level}" for m, level in report["provisional_level"].items())
+    mix = config.get("provisional_mix") or 0
+    levels = ", ".join(f"{m}: {level}" + (f" + {mix:g} x the other model levels" if mix else "")
+                       for m, level in report["provisional_level"].items())
     lines = [f"provisional answers ({levels}) vs verified, {config['scenes']} held-out scenes (seed {config['seed']}); "
              f"{config['world']}; times are medians in ms; facts = share of the verified answers' facts the "
              f"provisional ones state the same (pooled)",
@@ -337,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-twin", action="store_true")
     parser.add_argument("--provisional-level", help="the level that drafts provisional answers (default: the top "
                                                     "model level)")
+    parser.add_argument("--provisional-mix", type=float, default=0.0,
+                        help="> 0: the other model levels draft with it, their log-probabilities weighted by this")
     parser.add_argument("--report", help="summarise the records of a provisional.json written before again (print "
                                          "the tables, write the report under --out) instead of measuring")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -350,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         report = run_benchmark(models, scenes=args.scenes, seed=args.seed, questions=args.questions,
                                max_new_tokens=args.max_new_tokens, draft_k=args.draft_k, windows_ms=windows,
                                twin=not args.no_twin, twin_hidden=args.twin_hidden, twin_layers=args.twin_layers,
-                               device=args.device, duration_us=args.duration_us, level=args.provisional_level)
+                               device=args.device, duration_us=args.duration_us, level=args.provisional_level,
+                               mix=args.provisional_mix)
     except ValueError as error:  # InputError is a ValueError; a bad --windows-ms too
         print(f"evcascade.bench provisional: {error}", file=sys.stderr)
         return 2

@@ -106,14 +106,47 @@ def draft_answer(level: Drafter, context: DraftContext, stopper: StopChecker, *,
         generated = torch.cat([generated, proposal], dim=1)
 
 
-def timed_draft_answer(level: Drafter, context: DraftContext, stopper: StopChecker, tokenizer, *,
-                       started_s: float, block: int = 4) -> ProvisionalAnswer:
-    """``draft_answer`` with its text and timings: ``latency_s`` counts from ``started_s`` (a ``perf_counter``)."""
+def mixed_answer(levels: Sequence[Drafter], weights: Sequence[float], context: DraftContext,
+                 stopper: StopChecker) -> list[int]:
+    """The greedy answer of several model levels together: each token maximises ``sum_i weights[i] * log p_i``
+    over the levels' next-token distributions (a weighted product of experts; e.g. an events-only level that reads
+    motion and an events + frame level that sees colour). One token per step, so it costs each level a forward per
+    token; cut at the first stop like ``draft_answer``."""
+    if len(levels) != len(weights) or not levels or any(not level.can_review for level in levels):
+        raise InputError(f"mixed_answer needs one weight per model level, got {len(weights)} weights for "
+                         f"{[level.name for level in levels]}")
+    for level in levels:
+        level.begin(context)
+    prompt_ids = context.prompt_ids
+    generated = prompt_ids.new_zeros(1, 0)  # [1, n]
+    while generated.shape[1] < stopper.max_new_tokens:
+        scores = None
+        for level, weight in zip(levels, weights):
+            logits = level.review(generated, generated[:, :0])[:, -1].float()  # [1, V_level]
+            log_probs = weight * torch.log_softmax(logits, dim=-1)
+            width = log_probs.shape[-1] if scores is None else min(scores.shape[-1], log_probs.shape[-1])
+            scores = log_probs[:, :width] if scores is None else scores[:, :width] + log_probs[:, :width]
+        token = scores.argmax(dim=-1, keepdim=True).to(generated.device)  # [1, 1]
+        stop = stopper.first_stop(torch.cat([prompt_ids, generated], dim=1), generated.shape[1], token)
+        if stop is not None:
+            return torch.cat([generated, token[:, : stop[0]]], dim=1)[0].tolist()
+        generated = torch.cat([generated, token], dim=1)
+    return generated[0].tolist()
+
+
+def timed_draft_answer(level: Drafter | Sequence[Drafter], context: DraftContext, stopper: StopChecker, tokenizer, *,
+                       started_s: float, block: int = 4, weights: Sequence[float] = ()) -> ProvisionalAnswer:
+    """``draft_answer`` (or ``mixed_answer`` of a list of levels and their ``weights``) with its text and timings:
+    ``latency_s`` counts from ``started_s`` (a ``perf_counter``)."""
     began = time.perf_counter()
-    ids = draft_answer(level, context, stopper, block=block)
+    if isinstance(level, Drafter):
+        ids, name = draft_answer(level, context, stopper, block=block), level.name
+    else:
+        ids = mixed_answer(level, weights, context, stopper)
+        name = "+".join(lv.name if w == 1 else f"{w:g}*{lv.name}" for lv, w in zip(level, weights))
     done = time.perf_counter()
     text = tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None else ""
-    return ProvisionalAnswer(text, ids, level.name, done - started_s, done - began)
+    return ProvisionalAnswer(text, ids, name, done - started_s, done - began)
 
 
 def drafter_copy(level: Drafter) -> Drafter:
@@ -130,10 +163,15 @@ def drafter_copy(level: Drafter) -> Drafter:
 class ProvisionalDrafting:
     """Provisional answers drafted off the caller's thread by a copy of ``level`` (``drafter_copy``), so the verified
     decode on the caller's (or the batch scheduler's) thread does not wait for them. Requests share the copy one at
-    a time (its cache is one request's state); each runs on a daemon thread of its own."""
+    a time (its cache is one request's state); each runs on a daemon thread of its own. ``mix``: other model levels
+    and their weights drafting together with ``level`` (``mixed_answer``); empty: ``level`` alone."""
 
-    def __init__(self, level: Drafter, tokenizer) -> None:
-        self.source, self.level, self.tokenizer = level, drafter_copy(level), tokenizer
+    def __init__(self, level: Drafter, tokenizer, mix: Sequence[tuple[Drafter, float]] = ()) -> None:
+        self.source, self.tokenizer = (level, *(other for other, _ in mix)), tokenizer
+        self.level: Drafter | list[Drafter] = drafter_copy(level)
+        self.weights = (1.0, *(float(weight) for _, weight in mix))
+        if mix:
+            self.level = [self.level, *(drafter_copy(other) for other, _ in mix)]
         self._lock = threading.Lock()
 
     def start(self, context: DraftContext, stopper: StopChecker, *, started_s: float,
@@ -146,7 +184,7 @@ class ProvisionalDrafting:
             try:
                 with self._lock:
                     early = timed_draft_answer(self.level, context, stopper, self.tokenizer, started_s=started_s,
-                                               block=block)
+                                               block=block, weights=self.weights)
                 if on_answer is not None:
                     on_answer(early)
             except BaseException as exc:  # handed to whoever waits on the future
