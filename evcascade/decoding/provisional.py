@@ -2,12 +2,14 @@
 
 An event drafter can say "the circle is moving right" a few milliseconds after the question, long before the
 target verifies anything. A robot may act on that provisional answer where being wrong is cheap, and wait for
-the verified answer (the target's own, lossless) otherwise. This module holds the three pure pieces:
+the verified answer (the target's own, lossless) otherwise. This module holds the pure pieces:
 
 - ``provisional_level(levels)``: which level drafts it (the most informed model level: the last one that can
   review, i.e. the top of the cascade; an n-gram only copies and cannot answer from nothing);
 - ``draft_answer(level, context, stopper)``: that level's greedy answer, in blocks, cut at the first stop
   (EOS / max_new_tokens / stop strings) exactly as the target's answer is cut (``StopChecker``);
+- ``mixed_answer(levels, weights, context, stopper)``: opt-in, several model levels' greedy answer together
+  (their log-probabilities weighted and summed: an events-only level reads motion, an events + frame level colour);
 - ``first_difference(provisional, verified)``: where the two answers first differ, in tokens and characters.
 
 ``ProvisionalDrafting`` drafts it on a thread of its own with its own copy of the level (``drafter_copy``: the same
