@@ -33,7 +33,7 @@ import queue
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -112,6 +112,11 @@ class Answer:
         if self.provisional is not None:
             out["provisional"] = self.provisional.to_dict()
         return out
+
+
+def judge_provisional(answer: Answer, early: Any) -> Answer:
+    """``answer`` carrying the provisional answer ``early`` judged against it (confirmed, where they first differ)."""
+    return replace(answer, provisional=early.judged(answer.token_ids, answer.text))
 
 
 def _weights_missing(what: str, where: str, exc: Exception) -> InputError:
@@ -206,6 +211,12 @@ class Cascade:
         self._scheduler = None  # the batch scheduler behind submit(), made on first use
         self.max_batch = 8  # most requests the scheduler verifies in one forward (set before the first submit)
         self._scheduler_lock = threading.Lock()
+        self._provisional_drafting = None  # the provisional answers' own drafter copy, made on first use
+        self.provisional_level: str | None = None
+        """Name of the level that drafts provisional answers (None: the top model level)."""
+        self.provisional_mix = 0.0
+        """> 0: every other model level drafts the provisional answer with it, its log-probabilities weighted by
+        this (``decoding.provisional.mixed_answer``); 0: the provisional level alone."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -292,9 +303,11 @@ class Cascade:
         choose the topics of ROS bags (default: the bag's only event / image topic).
         ``on_text(piece)`` is called with each new piece of the answer's text (whole characters and words, by
         transformers' ``TextStreamer`` rules).
-        ``provisional(answer)``: called first with the best drafting level's own greedy answer
-        (`evcascade.decoding.provisional.ProvisionalAnswer`, unverified, with its latency), on the decoding thread
-        (keep it short); the returned `Answer` carries it judged against the verified answer (``.provisional``).
+        ``provisional(answer)``: called with the best drafting level's own greedy answer
+        (`evcascade.decoding.provisional.ProvisionalAnswer`, unverified, with its latency) as soon as it exists; it is
+        drafted on a thread of its own (``draft_provisional``) while the verified decode runs here, and the callback
+        runs on that thread (keep it short). The returned `Answer` carries it judged against the verified answer
+        (``.provisional``).
         """
         started_s = time.perf_counter()
         if provisional is not None and not callable(provisional):
@@ -310,18 +323,18 @@ class Cascade:
             self._add_agreement(context, request.pixel_values_videos)
         decoder = self.decoder if mode == "cascade" else self.target_decoder
         streamer = _text_streamer(self.tokenizer, on_text) if on_text is not None else None
-        early = None
+        # the provisional answer is drafted beside the verified decode, never before it (it must not delay it)
+        early = self._start_provisional(context, gen, started_s, provisional) if provisional is not None else None
         with self._lock:  # one request at a time per verifier (its KV cache is the request's state)
-            if provisional is not None:
-                early = self._provisional(context, gen, started_s)
-                provisional(early)
             result = decoder.generate(request, context, gen, on_tokens=streamer.put if streamer else None)
         if streamer is not None:
             streamer.end()
         ids = result.token_ids[0].tolist()
-        return Answer(result.text or "", ids, result.stats, mode, _inputs_of(clip, prompt), result.token_sources,
-                      provisional=early.judged(ids, result.text or "") if early is not None else None,
-                      latency_s=time.perf_counter() - started_s)
+        answer = Answer(result.text or "", ids, result.stats, mode, _inputs_of(clip, prompt), result.token_sources)
+        if early is not None:
+            answer = judge_provisional(answer, early.result())
+        answer.latency_s = time.perf_counter() - started_s
+        return answer
 
     def _clip(self, events: Any, video: Any, clip: Any, **window: Any):
         """The request's `Clip`: ``clip`` checked, or loaded from ``events`` / ``video`` and the window arguments."""
@@ -340,9 +353,16 @@ class Cascade:
 
     def _request(self, prompt: str, clip: Any, options: dict[str, Any]):
         """The verifier's request, the drafters' context and the generation options of one question on ``clip``."""
+        from evcascade.decoding.verifier import VerifyRequest
+
+        built, context, gen = self._draft_inputs(prompt, clip, options)
+        pixels = self.verifier.pixel_values(clip.video.frames)  # [1, T, 3, S, S]
+        return VerifyRequest(built.target_ids, pixels), context, gen
+
+    def _draft_inputs(self, prompt: str, clip: Any, options: dict[str, Any]):
+        """The built prompt, the drafters' context and the generation options (what drafting needs: no pixels)."""
         from evcascade.decoding.drafters import DraftContext
         from evcascade.decoding.engine import GenerationOptions
-        from evcascade.decoding.verifier import VerifyRequest
 
         merged = {**self.generation_defaults, **options}
         try:
@@ -352,9 +372,7 @@ class Cascade:
         _warn_unused_sampling(gen)
         built = self.prompter(prompt)
         self.prompter.check_fits(built, gen.max_new_tokens)
-        pixels = self.verifier.pixel_values(clip.video.frames)  # [1, T, 3, S, S]
-        return VerifyRequest(built.target_ids, pixels), DraftContext(built.text_ids, events=clip.events,
-                                                                      video=clip.video), gen
+        return built, DraftContext(built.text_ids, events=clip.events, video=clip.video), gen
 
     def generate_batch(self, requests: Sequence[dict[str, Any]], *, mode: str = "cascade",
                        **options: Any) -> list[Answer]:
@@ -421,15 +439,40 @@ class Cascade:
         pad = getattr(self.tokenizer, "pad_token_id", None)
         return int(pad) if pad is not None else 0
 
-    def _provisional(self, context, gen, started_s: float):
-        """The best drafting level's greedy answer under ``gen``'s stop criteria (``decoding/provisional.py``)."""
-        from evcascade.decoding.provisional import provisional_level, timed_draft_answer
+    def draft_provisional(self, prompt: str, clip: Any, *, on_answer=None, started_s: float | None = None,
+                          **options: Any):
+        """Start drafting the provisional answer to ``prompt`` on ``clip`` (the best drafting level's own greedy
+        answer, on a thread of its own: ``decoding/provisional.py``); a `concurrent.futures.Future` of its
+        `ProvisionalAnswer`. ``on_answer`` is called with it on that thread; ``started_s`` (a ``perf_counter``) is
+        where its latency counts from (default: now). Pair it with ``submit`` and ``judge_provisional`` to serve
+        provisional answers beside batched verification (``LiveSession(batched=True)``)."""
+        started_s = time.perf_counter() if started_s is None else started_s
+        if on_answer is not None and not callable(on_answer):
+            raise InputError(f"on_answer must be a callable taking the provisional answer, got {on_answer!r}")
+        clip = self._clip(None, None, clip)
+        _, context, gen = self._draft_inputs(prompt, clip, options)
+        return self._start_provisional(context, gen, started_s, on_answer)
+
+    def _start_provisional(self, context, gen, started_s: float, on_answer):
+        """The best drafting level's greedy answer under ``gen``'s stop criteria, drafted on its own thread."""
+        from evcascade.decoding.provisional import ProvisionalDrafting, provisional_level
         from evcascade.decoding.stopping import StopChecker
 
         eos = gen.eos_token_ids if gen.eos_token_ids is not None else self.verifier.eos_token_ids
         stopper = StopChecker(eos_token_ids=eos, max_new_tokens=gen.max_new_tokens, stop_strings=gen.stop_strings,
                               tokenizer=gen.tokenizer)
-        return timed_draft_answer(provisional_level(self.levels), context, stopper, self.tokenizer, started_s=started_s)
+        if not (isinstance(self.provisional_mix, (int, float)) and self.provisional_mix >= 0):
+            raise InputError(f"provisional_mix must be a number >= 0, got {self.provisional_mix!r}")
+        level = provisional_level(self.levels, self.provisional_level)
+        mix = [(other, self.provisional_mix) for other in self.levels
+               if other.can_review and other is not level] if self.provisional_mix else []
+        wanted = (level, *(other for other, _ in mix))
+        with self._scheduler_lock:
+            drafting = self._provisional_drafting
+            if drafting is None or drafting.source != wanted or drafting.weights[1:] != tuple(w for _, w in mix):
+                self._provisional_drafting = ProvisionalDrafting(level, self.tokenizer, mix)  # copies; weights shared
+            drafting = self._provisional_drafting
+        return drafting.start(context, stopper, started_s=started_s, on_answer=on_answer)
 
     def _add_agreement(self, context, pixels: torch.Tensor) -> None:
         """Put the clip's event/video agreement map (computed once per clip) where the modality rule reads it."""

@@ -240,14 +240,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         options["max_new_tokens"] = args.max_new_tokens or 32
     streaming = not quiet
     started = []  # "answer: " goes out with the first piece, so an early error leaves stdout clean
+    # the provisional answer is drafted beside the verified decode: pieces that beat its line wait for it
+    printing, state = threading.Lock(), {"held": [] if args.provisional else None}
 
-    def show(piece: str) -> None:
+    def emit(piece: str) -> None:
         print(piece if started else f"answer: {piece}", end="", flush=True)
         started.append(True)
 
+    def show(piece: str) -> None:
+        with printing:
+            if state["held"] is not None:
+                state["held"].append(piece)
+            else:
+                emit(piece)
+
     def show_provisional(early) -> None:
-        if streaming:
-            print(f"provisional ({early.level}, {early.latency_s * 1000:.0f} ms, unverified): {early.text}", flush=True)
+        with printing:
+            if streaming:
+                print(f"provisional ({early.level}, {early.latency_s * 1000:.0f} ms, unverified): {early.text}",
+                      flush=True)
+            held, state["held"] = state["held"], None
+            for piece in held:
+                emit(piece)
 
     answer = cascade.generate(prompt=args.prompt, clip=clip, mode=args.mode, on_text=show if streaming else None,
                               provisional=show_provisional if args.provisional else None, **options)

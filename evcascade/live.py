@@ -13,14 +13,15 @@ reuses the target's cached video features and visual prefix.
 
 from __future__ import annotations
 
-import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from evcascade.cascade import judge_provisional
 from evcascade.clip import Clip
 from evcascade.errors import InputError
 from evcascade.events.container import Events
@@ -115,35 +116,48 @@ class LiveSession:
         """Answer ``prompt`` about the newest window; returns an `evcascade.cascade.Answer`.
 
         ``options`` are the cascade's generation options (max_new_tokens, do_sample, ...). Producers keep
-        pushing while this decodes; concurrent ``ask`` calls are served one at a time.
+        pushing while this decodes; concurrent ``ask`` calls are served one at a time (``batched=True``: verified
+        together by the batch scheduler).
         ``provisional=True``: returns an iterator instead, whose first item is the best drafting level's own
         answer (`evcascade.decoding.provisional.ProvisionalAnswer`, unverified, with its latency) and whose second
-        is the verified `Answer` (decoded on a worker thread meanwhile; ``.provisional`` says whether it
-        confirmed the first and where they differ). ``provisional=callable``: called with it first.
+        is the verified `Answer` (``.provisional`` says whether it confirmed the first and where they differ).
+        ``provisional=callable``: called with it as soon as it exists (on the drafting thread). Either way the
+        provisional answer is drafted on a thread of its own (``Cascade.draft_provisional``) while the verified
+        one decodes, so it never delays the verified answer, batched or not.
         ``timeout_s``: raise ``TimeoutError`` (naming the question and the wait) when no answer came in time; the
         decoding it started still finishes in the background (a decode cannot be interrupted mid-forward).
         """
         if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
             raise InputError(f"timeout_s must be a number > 0 or None, got {timeout_s!r}")
-        snap = self.snapshot()
-        clip = Clip(snap.events, snap.video, snap.start_us, snap.end_us, snap.end_us - self.event_window_us)
-        if provisional is True:
-            return _provisional_then_verified(self.cascade, prompt, clip, options, timeout_s)
         if provisional is False:
             provisional = None
-        if self.batched:
-            if provisional is not None:
-                raise InputError("provisional answers are not served through the batch scheduler: "
-                                 "ask a session with batched=False")
-            return _wait(self.cascade.submit(prompt, clip, **options), prompt, timeout_s)
-        if timeout_s is None:
+        if provisional is not None and provisional is not True and not callable(provisional):
+            raise InputError(f"provisional must be True, False, None or a callable taking the provisional answer, "
+                             f"got {provisional!r}")
+        started_s = time.perf_counter()
+        snap = self.snapshot()
+        clip = Clip(snap.events, snap.video, snap.start_us, snap.end_us, snap.end_us - self.event_window_us)
+        if not self.batched and timeout_s is None and provisional is not True:
             return self.cascade.generate(prompt=prompt, clip=clip, provisional=provisional, **options)
+        early = None
+        if provisional is not None:
+            early = self.cascade.draft_provisional(prompt, clip, started_s=started_s,
+                                                   on_answer=None if provisional is True else provisional, **options)
+        verified = self._verified(prompt, clip, options)
+        if provisional is True:
+            return _provisional_then_verified(early, verified, prompt, timeout_s)
+        answer = _wait(verified, prompt, timeout_s)
+        return answer if early is None else judge_provisional(answer, _wait(early, prompt, timeout_s))
+
+    def _verified(self, prompt: str, clip: Clip, options: dict):
+        """A future of the verified answer: from the batch scheduler, or a decode on a worker thread."""
+        if self.batched:
+            return self.cascade.submit(prompt, clip, **options)
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="evcascade-ask")
         try:
-            future = pool.submit(self.cascade.generate, prompt=prompt, clip=clip, provisional=provisional, **options)
-            return _wait(future, prompt, timeout_s)
+            return pool.submit(self.cascade.generate, prompt=prompt, clip=clip, **options)
         finally:
             pool.shutdown(wait=False)
 
@@ -154,34 +168,13 @@ class LiveSession:
         return self.events.nbytes + frame_bytes
 
 
-def _provisional_then_verified(cascade, prompt: str, clip: Clip, options: dict,
-                               timeout_s: float | None = None) -> Iterator[Any]:
-    """Decode on a worker thread; yield the provisional answer as soon as it exists, then the verified one
-    (an error on the worker is raised here, in the asking thread; each item waits at most ``timeout_s``)."""
-    items: "queue.Queue[tuple[str, Any]]" = queue.Queue()
-
-    def work() -> None:
-        try:
-            items.put(("answer", cascade.generate(prompt=prompt, clip=clip,
-                                                  provisional=lambda early: items.put(("answer", early)), **options)))
-        except BaseException as exc:  # handed to the asking thread
-            items.put(("error", exc))
-
-    # started before the caller iterates: the provisional answer does not wait for the caller's first next()
-    threading.Thread(target=work, daemon=True, name="evcascade-provisional").start()
-
-    def answers() -> Iterator[Any]:
-        for _ in range(2):
-            try:
-                kind, value = items.get(timeout=timeout_s)
-            except queue.Empty:
-                raise TimeoutError(f"no answer to {prompt!r} within timeout_s={timeout_s} s (the decoder is busy "
-                                   f"or stuck; the request still runs in the background)") from None
-            if kind == "error":
-                raise value
-            yield value
-
-    return answers()
+def _provisional_then_verified(early, verified, prompt: str, timeout_s: float | None) -> Iterator[Any]:
+    """Yield the provisional answer as soon as it exists, then the verified one judged against it (an error on
+    either worker is raised here, in the asking thread; each item waits at most ``timeout_s``). Both are already
+    under way: the caller's first ``next()`` starts nothing."""
+    provisional = _wait(early, prompt, timeout_s)
+    yield provisional
+    yield judge_provisional(_wait(verified, prompt, timeout_s), provisional)
 
 
 def _wait(future, prompt: str, timeout_s: float | None):
