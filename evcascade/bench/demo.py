@@ -316,7 +316,7 @@ def hf_prompt_cache(model, prompt_ids: torch.LongTensor, pixels: torch.Tensor):
     prefix_ids = prompt_ids[:, : int(video[-1]) + 1]  # [1, P]
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=prefix_ids, pixel_values_videos=pixels.to(model.dtype), past_key_values=cache, use_cache=True)
+        model(input_ids=prefix_ids, pixel_values_videos=pixels.to(model.dtype), cache=cache, use_cache=True)
     return prefix_ids, cache
 
 
