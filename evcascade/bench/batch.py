@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 from dataclasses import replace
 import sys
@@ -180,6 +181,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
 
     if scenes < 1 or not batch_sizes or min(batch_sizes) < 1:
         raise InputError(f"--scenes and every batch size must be >= 1, got {scenes} and {list(batch_sizes)}")
+    load_before = os.getloadavg()
     cascade = Cascade.from_pretrained(model, device=device)
     verifier, target = cascade.verifier, cascade.verifier.model
     _hold_every_clip(verifier, scenes)
@@ -334,7 +336,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
         first = next((r for r in rows if r["row"] == row["row"] and r["regime"] == row["regime"]
                       and r["B"] == min(batch_sizes)), None)
         row["vs_own_B1"] = row["tokens_per_s"] / first["tokens_per_s"] if first and first["tokens_per_s"] else None
-    return {"benchmark": "batch", "model": model, "cascade": repr(cascade), "environment": environment_info(device),
+    return {"benchmark": "batch", "model": model, "cascade": repr(cascade), "environment": environment_info(device, load_before),
             "config": {"scenes": scenes, "seed": seed, "questions": len(items), "asked": asked,
                        "min_tokens": min_tokens, "kinds": list(kinds) if kinds else None,
                        "mean_answer_tokens": statistics.fmean(len(q["reference"]) for q in items),
