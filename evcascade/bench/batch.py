@@ -44,7 +44,8 @@ from typing import Any
 
 import torch
 
-from evcascade.bench.common import environment_info, format_table, write_json
+from evcascade.bench.common import (add_machine_args, add_twin_args, environment_info, format_table,
+                                    report_main)
 from evcascade.errors import InputError
 
 REAL, TWIN = "real", "cost-twin"
@@ -377,38 +378,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", help="comma-separated question kinds to keep (default: all)")
     parser.add_argument("--draft-k", type=int, default=8)
     parser.add_argument("--batch-sizes", default="1,2,4,8")
-    parser.add_argument("--twin-hidden", type=int, default=1024)
-    parser.add_argument("--twin-layers", type=int, default=8)
-    parser.add_argument("--no-twin", action="store_true")
+    add_twin_args(parser)
     parser.add_argument("--regimes", default="cold,warm", help="cold, warm or both")
     parser.add_argument("--packing", choices=("on", "off"), default="on",
                         help="packed verify forwards (on) or rows padded to the widest block (off)")
     parser.add_argument("--prefix-sharing", choices=("on", "off"), default="on",
                         help="rows on one clip share its visual prefix (on) or copy it (off)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--out", default="bench_out")
+    add_machine_args(parser, "batch.json")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
+
+    def build() -> dict[str, Any]:
         sizes = tuple(int(b) for b in args.batch_sizes.split(","))
         regimes = tuple(args.regimes.split(","))
         if not set(regimes) <= {"cold", "warm"}:
             raise InputError(f"--regimes must be cold, warm or both, got {args.regimes!r}")
-        report = run_benchmark(args.model, scenes=args.scenes, seed=args.seed, questions=args.questions,
-                               max_new_tokens=args.max_new_tokens, min_tokens=args.min_tokens,
-                               kinds=tuple(args.kinds.split(",")) if args.kinds else None, draft_k=args.draft_k, batch_sizes=sizes, regimes=regimes,
-                               twin=not args.no_twin, twin_hidden=args.twin_hidden, twin_layers=args.twin_layers,
-                               device=args.device, share_prefix=args.prefix_sharing == "on",
-                               pack=args.packing == "on")
-    except ValueError as error:
-        print(f"evcascade.bench batch: {error}", file=sys.stderr)
-        return 2
-    print(format_report(report))
-    print(f"wrote {write_json(args.out, 'batch', report)}")
-    return 0 if report["outputs_identical"] else 1
+        return run_benchmark(args.model, scenes=args.scenes, seed=args.seed, questions=args.questions,
+                             max_new_tokens=args.max_new_tokens, min_tokens=args.min_tokens,
+                             kinds=tuple(args.kinds.split(",")) if args.kinds else None, draft_k=args.draft_k,
+                             batch_sizes=sizes, regimes=regimes, twin=not args.no_twin, twin_hidden=args.twin_hidden,
+                             twin_layers=args.twin_layers, device=args.device,
+                             share_prefix=args.prefix_sharing == "on", pack=args.packing == "on")
 
+    return report_main("batch", args.out, build, format_report)
 
 if __name__ == "__main__":
     sys.exit(main())

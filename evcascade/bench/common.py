@@ -95,10 +95,22 @@ def add_held_out_world_args(parser, name: str, *, max_new_tokens: int, draft_k: 
     parser.add_argument("--questions", type=int, help="first N questions per scene (default: all)")
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     parser.add_argument("--draft-k", type=int, default=draft_k, help="most draft tokens per target forward")
+    parser.add_argument("--duration-us", type=int, help="scene length (default: the world's 1.5 s)")
+    add_machine_args(parser, f"{name}.json and {name}.png")
+
+
+def add_machine_args(parser, writes: str) -> None:
+    """Where a benchmark runs (``--device``, ``--threads``) and the folder ``--out`` for what it ``writes``."""
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--duration-us", type=int, help="scene length (default: the world's 1.5 s)")
-    parser.add_argument("--out", default="bench_out", help=f"folder for {name}.json and {name}.png")
+    parser.add_argument("--out", default="bench_out", help=f"folder for {writes}")
+
+
+def add_twin_args(parser) -> None:
+    """The cost twin's size (``bench/demo.py``'s ``build_twin``), or no twin rows."""
+    parser.add_argument("--twin-hidden", type=int, default=1024, help="cost twin's text hidden size")
+    parser.add_argument("--twin-layers", type=int, default=8, help="cost twin's text layers")
+    parser.add_argument("--no-twin", action="store_true", help="skip the cost-twin rows")
 
 
 def fresh_levels(levels):
@@ -122,6 +134,21 @@ def save_report(out_dir: str | Path, name: str, report: dict[str, Any], plot) ->
     plot(report, path.with_suffix(".png"))
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return path
+
+
+def report_main(name: str, out_dir: str | Path, build, text) -> int:
+    """A bench's ``main`` tail: ``build()`` the report (a ``ValueError``: its message on stderr, exit 2), print
+    ``text(report)``, write ``<out_dir>/<name>.json``; exit 0, or 1 when an output differed from its reference."""
+    import sys
+
+    try:
+        report = build()
+    except ValueError as error:
+        print(f"evcascade.bench {name}: {error}", file=sys.stderr)
+        return 2
+    print(text(report))
+    print(f"wrote {write_json(out_dir, name, report)}")
+    return 0 if report["outputs_identical"] else 1
 
 
 def mismatch_exit_code(report: dict[str, Any], reference: str) -> int:

@@ -78,8 +78,8 @@ from typing import Any
 
 import torch
 
-from evcascade.bench.common import (add_held_out_world_args, environment_info, format_table, fresh_levels,
-                                    mismatch_exit_code, save_report)
+from evcascade.bench.common import (add_held_out_world_args, add_twin_args, environment_info, format_table,
+                                    fresh_levels, mismatch_exit_code, save_report)
 from evcascade.bench.engine import conditional_acceptance, hf_run, measure_costs
 from evcascade.bench.replay import ReplayDrafter, teacher_forced_hits
 from evcascade.errors import InputError
@@ -830,9 +830,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m evcascade.bench demo", description=__doc__.split("\n")[0])
     add_held_out_world_args(parser, "demo", max_new_tokens=48, draft_k=8)
-    parser.add_argument("--twin-hidden", type=int, default=1024, help="cost twin's text hidden size")
-    parser.add_argument("--twin-layers", type=int, default=8, help="cost twin's text layers")
-    parser.add_argument("--no-twin", action="store_true", help="skip the cost-twin rows")
+    add_twin_args(parser)
     parser.add_argument("--long-tokens", type=int, default=16,
                         help="the long-answer slice: answers whose target answer has at least this many tokens")
     return parser.parse_args(argv)

@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from evcascade.bench.common import environment_info, format_table, write_json
+from evcascade.bench.common import (add_machine_args, add_twin_args, environment_info, format_table,
+                                    report_main)
 from evcascade.decoding.drafters import Draft, Drafter
 from evcascade.errors import InputError
 
@@ -206,29 +207,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draft-k", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--twin-hidden", type=int, default=1024)
-    parser.add_argument("--twin-layers", type=int, default=8)
-    parser.add_argument("--no-twin", action="store_true")
+    add_twin_args(parser)
     parser.add_argument("--long-prefixes", default="2100", help="random-id prefix lengths to time too ('' for none)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--out", default="bench_out")
+    add_machine_args(parser, "prefix.json")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-        report = run_benchmark(args.model, seed=args.seed, batch_sizes=sizes, draft_k=args.draft_k, steps=args.steps,
-                               repeats=args.repeats, twin=not args.no_twin, twin_hidden=args.twin_hidden,
-                               twin_layers=args.twin_layers, device=args.device,
-                               long_prefixes=tuple(int(p) for p in args.long_prefixes.split(",") if p))
-    except ValueError as error:
-        print(f"evcascade.bench prefix: {error}", file=sys.stderr)
-        return 2
-    print(format_report(report))
-    print(f"wrote {write_json(args.out, 'prefix', report)}")
-    return 0 if report["outputs_identical"] else 1
 
+    def build() -> dict[str, Any]:
+        sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+        return run_benchmark(args.model, seed=args.seed, batch_sizes=sizes, draft_k=args.draft_k, steps=args.steps,
+                             repeats=args.repeats, twin=not args.no_twin, twin_hidden=args.twin_hidden,
+                             twin_layers=args.twin_layers, device=args.device,
+                             long_prefixes=tuple(int(p) for p in args.long_prefixes.split(",") if p))
+
+    return report_main("prefix", args.out, build, format_report)
 
 if __name__ == "__main__":
     sys.exit(main())
