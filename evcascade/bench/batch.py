@@ -70,12 +70,16 @@ def _clear(verifier) -> None:
     verifier.prefix_cache.clear()
 
 
-def _hold_every_clip(verifier, clips: int) -> None:
-    """Let ``verifier``'s feature and prefix caches hold every clip of the run (a service sizes them to the clips
-    it serves at once), so that the warm regime is warm for every row (the continuous row asks about every clip
-    in turn; a 2-entry LRU would recompute evicted prefixes there)."""
+def _hold_every_clip(verifier, levels, clips: int) -> None:
+    """Let ``verifier``'s feature and prefix caches and the drafting levels' clip memos hold every clip of the run
+    (a service sizes them to the clips it serves at once), so that the warm regime is warm for every row (the
+    continuous row asks about every clip in turn; small LRUs would recompute evicted clips there)."""
     for cache in (verifier.feature_cache, verifier.prefix_cache):
         cache.maxsize = max(cache.maxsize, clips + 1)
+    for level in levels:
+        prefix_fn = getattr(level, "prefix_fn", None)
+        if hasattr(prefix_fn, "memo_size"):
+            prefix_fn.memo_size = max(prefix_fn.memo_size, clips + 1)
 
 
 def _hf_batched(model, questions, new_tokens: list[int], pad_token_id: int, eos: tuple[int, ...]):
@@ -185,7 +189,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
     load_before = os.getloadavg()
     cascade = Cascade.from_pretrained(model, device=device)
     verifier, target = cascade.verifier, cascade.verifier.model
-    _hold_every_clip(verifier, scenes)
+    _hold_every_clip(verifier, cascade.levels, scenes)
     pad = cascade._pad_token_id()
     eos = tuple(verifier.eos_token_ids)
     level = drafting_copy(cascade.levels)
@@ -214,7 +218,7 @@ def run_benchmark(model: str, *, scenes: int, seed: int, questions: int | None =
     if twin:
         twin_model = build_twin(target, hidden_size=twin_hidden, num_layers=twin_layers, seed=seed)
         twin_verifier = VideoLlavaVerifier(twin_model, preprocess_config=verifier.preprocess_config, eos_token_ids=())
-        _hold_every_clip(twin_verifier, scenes)
+        _hold_every_clip(twin_verifier, (), scenes)
         for q in items:
             ref = q["reference"]
             q["twin_length"] = len(ref) + int(len(ref) < max_new_tokens and bool(ref) and ref[-1] in eos)

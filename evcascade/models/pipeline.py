@@ -21,6 +21,7 @@ evcascade.errors.InputError: size mismatch: AlignmentMLP output (target_hidden_s
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -82,6 +83,51 @@ class KeyFrameEncoder:
         return self.tower(pixel_values=pixels, output_hidden_states=True).hidden_states[self.feature_layer]
 
 
+class IdentityMemo:
+    """The results of the last ``maxsize`` calls, keyed by the identity of their input objects (held by the memo, so
+    an id is not reused while its entry lives; the objects are taken as unchanged while held).
+
+    >>> memo, a = IdentityMemo(1), object()
+    >>> memo.put((a,), 1); memo.get((a,)), memo.get((object(),))
+    (1, None)
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = 0
+        self._entries: OrderedDict[tuple, tuple[tuple, Any]] = OrderedDict()
+        self.resize(maxsize)
+
+    def get(self, inputs: tuple) -> Any:
+        key = tuple(map(id, inputs))
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def put(self, inputs: tuple, value: Any) -> None:
+        key = tuple(map(id, inputs))
+        self._entries[key] = (inputs, value)
+        self._entries.move_to_end(key)
+        self._trim()
+
+    def resize(self, maxsize: int) -> None:
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+            raise InputError(f"memo size must be an int >= 1, got {maxsize!r}")
+        self.maxsize = maxsize
+        self._trim()
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _trim(self) -> None:
+        while len(self._entries) > self.maxsize:
+            self._entries.popitem(last=False)
+
+
 class EventDrafterPrefix:
     """``prefix_fn`` for the engine's ``ModelDrafter``: a request's events (+ key frame) -> ``[B, Nv, D_lm]``."""
 
@@ -94,6 +140,7 @@ class EventDrafterPrefix:
         refiner: FrameRefiner | None = None,
         key_frame_encoder: KeyFrameEncoder | None = None,
         target_config: "PreTrainedConfig | None" = None,
+        memo_size: int = 4,
     ):
         lm_in = ("DraftLM input (visual_hidden_size)", draft_lm.config.visual_hidden_size)
         if draft_lm.config.visual_hidden_size is None:
@@ -122,9 +169,19 @@ class EventDrafterPrefix:
                     check_sizes("KeyFrameEncoder hidden size", key_frame_encoder.hidden_size, "FrameRefiner hidden_size", refiner.config.hidden_size)
         self.encoder, self.alignment, self.refiner = encoder, alignment, refiner
         self.key_frame_encoder, self.draft_lm = key_frame_encoder, draft_lm
-        self._memo: tuple[Any, torch.Tensor] | None = None
-        self._features_memo: tuple[tuple, torch.Tensor] | None = None  # (the inputs it came from, features)
-        self._prefix_memo: tuple[torch.Tensor, torch.Tensor] | None = None  # (the features it came from, prefix)
+        self._memo = IdentityMemo(memo_size)  # events -> encoder tokens
+        self._features_memo = IdentityMemo(memo_size)  # (events[, video, key-frame features]) -> features
+        self._prefix_memo = IdentityMemo(memo_size)  # features -> prefix embeddings
+
+    @property
+    def memo_size(self) -> int:
+        """How many clips' tokens, features and prefixes are kept (the most recently used ones)."""
+        return self._memo.maxsize
+
+    @memo_size.setter
+    def memo_size(self, size: int) -> None:
+        for memo in (self._memo, self._features_memo, self._prefix_memo):
+            memo.resize(size)
 
     @property
     def uses_key_frame(self) -> bool:
@@ -133,15 +190,16 @@ class EventDrafterPrefix:
     def clear(self) -> None:
         """Forget the memoised event tokens, features (key-frame encode included) and prefix: the next request pays
         the encoders again, e.g. a benchmark's cold regime."""
-        self._memo = self._features_memo = self._prefix_memo = None
+        for memo in (self._memo, self._features_memo, self._prefix_memo):
+            memo.clear()
 
     def event_tokens(self, events: "Events") -> torch.Tensor:
-        """Encoder tokens ``[1, N_tok, D_enc]`` for one window; the last window's result is reused, so L1 and L2
-        levels built on one encoder (or a second question on the same clip) encode the events once."""
-        if self._memo is not None and self._memo[0] is events:
-            return self._memo[1]
-        tokens = self.encoder.encode_events(events)
-        self._memo = (events, tokens)
+        """Encoder tokens ``[1, N_tok, D_enc]`` for one window; the last ``memo_size`` windows' results are reused,
+        so L1 and L2 levels built on one encoder (or more questions on the same clips) encode the events once."""
+        tokens = self._memo.get((events,))
+        if tokens is None:
+            tokens = self.encoder.encode_events(events)
+            self._memo.put((events,), tokens)
         return tokens
 
     @torch.no_grad()
@@ -173,19 +231,19 @@ class EventDrafterPrefix:
 
     @torch.no_grad()
     def request_features(self, context: "DraftContext") -> torch.Tensor | None:
-        """``visual_features`` of the request's events (and key frame), or None when it carries no events. The last
-        request's result is reused when the next one carries the same events (and video / key-frame features)
-        objects: every question about one clip, and the modality rule's agreement map
-        (``decoding.modality.agreement_for_request``), pay the encoders once (the models are taken as frozen)."""
+        """``visual_features`` of the request's events (and key frame), or None when it carries no events. A
+        result is reused while a request carries the same events (and video / key-frame features) objects as one
+        of the last ``memo_size`` clips: every question about a clip, from one stream or several in a batch, and
+        the modality rule's agreement map (``decoding.modality.agreement_for_request``) pay the encoders once
+        (the models are taken as frozen)."""
         if context.events is None:
             return None
         inputs = (context.events, context.video, context.extras.get(KEY_FRAME_FEATURES)) if self.uses_key_frame \
             else (context.events,)
-        if self._features_memo is not None and len(inputs) == len(self._features_memo[0]) \
-                and all(a is b for a, b in zip(inputs, self._features_memo[0])):
-            return self._features_memo[1]
-        features = self.visual_features(context.events, self.key_frame_features(context))
-        self._features_memo = (inputs, features)
+        features = self._features_memo.get(inputs)
+        if features is None:
+            features = self.visual_features(context.events, self.key_frame_features(context))
+            self._features_memo.put(inputs, features)
         return features
 
     @torch.no_grad()
@@ -195,10 +253,10 @@ class EventDrafterPrefix:
         features = self.request_features(context)
         if features is None:
             return None
-        if self._prefix_memo is not None and self._prefix_memo[0] is features:
-            return self._prefix_memo[1]
-        prefix = self.draft_lm.embed_visual(features)
-        self._prefix_memo = (features, prefix)
+        prefix = self._prefix_memo.get((features,))
+        if prefix is None:
+            prefix = self.draft_lm.embed_visual(features)
+            self._prefix_memo.put((features,), prefix)
         return prefix
 
 

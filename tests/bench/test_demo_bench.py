@@ -269,9 +269,10 @@ def test_clear_clip_caches_makes_the_next_request_cold():
     verifier.prefill(request)
     verifier.prefill(request)
     assert verifier.cache_stats()["prefix"]["hits"] == 1
-    prefix._features_memo = prefix._prefix_memo = ("filled", torch.zeros(1))
+    for memo in (prefix._memo, prefix._features_memo, prefix._prefix_memo):
+        memo.put(("filled",), torch.zeros(1))
     bench.clear_clip_caches(verifier, [NGramDrafter(), level])
     assert len(verifier.feature_cache) == len(verifier.prefix_cache) == 0
-    assert prefix._features_memo is None and prefix._prefix_memo is None and prefix._memo is None
+    assert len(prefix._features_memo) == len(prefix._prefix_memo) == len(prefix._memo) == 0
     verifier.prefill(request)
     assert verifier.cache_stats()["features"]["misses"] == 2  # the vision tower ran again

@@ -86,6 +86,23 @@ def test_events_are_encoded_once_per_window(chain):
     assert len(calls) == 2
 
 
+def test_the_memos_hold_the_last_clips_of_several_streams(chain):
+    encoder, alignment, _, draft_lm = chain
+    calls = []
+    encoder.register_forward_hook(lambda *args: calls.append(1))
+    prefix_fn = build_event_drafter_prefix(encoder, draft_lm, alignment=alignment)
+    prefix_fn.memo_size = 2
+    clips = [make_events(sensor_size=(32, 32), seed=seed) for seed in range(3)]
+    for events in (clips[0], clips[1], clips[0], clips[1]):  # two cameras asked in turn: each clip encoded once
+        prefix_fn(DraftContext(torch.tensor([[1]]), events=events))
+    assert len(calls) == 2
+    prefix_fn(DraftContext(torch.tensor([[1]]), events=clips[2]))  # a third clip evicts the least recent (0)
+    prefix_fn(DraftContext(torch.tensor([[1]]), events=clips[1]))
+    assert len(calls) == 3
+    prefix_fn(DraftContext(torch.tensor([[1]]), events=clips[0]))
+    assert len(calls) == 4
+
+
 def test_mismatched_sizes_name_both_sides(chain, target_config):
     encoder, alignment, refiner, draft_lm = chain
     other = AlignmentMLP(AlignmentConfig(input_size=16, event_grid=2, target_hidden_size=24, target_grid=2))
