@@ -33,6 +33,9 @@ def test_forward_shapes_are_reported(report):
         assert 1 <= row["rows_per_forward"] <= row["B"]
         assert 0 <= row["padding_share"] < 1
     assert all(r["padding_share"] == 0 for r in ours if r["B"] == 1)  # one row: nothing to pad
+    assert all(r["tokens_per_row_forward"] >= 1 for r in ours)
+    for row in (r for r in ours if r["row"].startswith("twin: cascade replayed")):  # both ceilings
+        assert row["share_of_ceiling"] > 0 and row["work_share_of_ceiling"] > 0
     continuous = [r for r in ours if r["row"].endswith("continuous")]
     assert continuous and all(r["full_batch_tokens_per_s"] > 0 for r in continuous)  # 3 questions keep B <= 2 busy
     assert payload["config"]["mean_answer_tokens"] > 0
