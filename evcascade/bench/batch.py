@@ -25,10 +25,18 @@ over all groups), per-request latency (ours: from the request's prefill to its l
 wall time, every row finishing together), mean and 90th percentile, and tau (tokens per target forward per row).
 HF pads every row of a group to the longest answer (static batching): only each row's own tokens are counted.
 
+Per row also: rows per forward (how full the batch ran), tokens per row forward (a joining row feeds its question
+with its first block), the padding share of the token slots computed (0 when packed; ``--packing off`` pads), and
+where the wall time went (batched verify forwards / drafting / batch-1 prefills).
+
 The ceiling: a batched verify forward of B rows x (k + 1) tokens costs ``T_v(B, k+1)`` (measured on the twin's
 text model here, median of 5); at the twin cascade's measured tau, no batched decoder can beat
-``B * tau / T_v(B, k+1)`` tokens/s. The table reports each twin cascade row's share of it.
-Output: the table, ``batch.json`` under ``--out``.
+``B * tau / T_v(B, k+1)`` tokens/s (the issue's measure). The *work ceiling* prices the tokens a row really fed per
+forward instead, ``T_v(B, n)`` with n its tokens per row forward: every question's own tokens must be fed once,
+by any decoder. The table reports each twin cascade row's share of both; for the continuous rows also over the
+steps that ran with all B rows busy (the service's steady state; end to end also holds the drain, when the queue is
+empty and the last answers finish with fewer rows). ``--min-tokens 16`` keeps the long answers, where decoding
+rather than joining dominates. Output: the table, ``batch.json`` under ``--out``.
 """
 
 from __future__ import annotations
