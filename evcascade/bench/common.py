@@ -29,7 +29,7 @@ def environment_info(device: str = "cpu", load_before: tuple[float, ...] | None 
         "cpu_count": os.cpu_count(),
         "loadavg_before": list(load_before) if load_before is not None else None,
         "loadavg_after": list(os.getloadavg()),
-        "git_commit": git_commit(),
+        "git_commit": COMMIT_AT_START,
     }
     try:
         import transformers
@@ -175,3 +175,8 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("+dirty" if dirty else "")) or None
+
+
+COMMIT_AT_START = git_commit()
+"""The checkout's commit when this module was imported (a bench imports it as it starts): the code that ran, even
+when commits land while a long bench runs (read at the end, it named a later commit)."""
