@@ -17,6 +17,11 @@ whatever thread runs it) goes to the wrapped implementation unchanged; a batched
 ``shared_prefixes=SharedPrefixes(...)`` and a plain ``DynamicCache`` over the suffixes, whose ``update`` returns the
 suffix keys the mask was built for.
 
+The same function serves *packed* batched forwards (``pack_layout=PackedLayout``): the rows' new tokens come as
+one ``[1, T]`` sequence (no padding in the projections and MLPs); it unpacks the queries into the padded block
+``[B, N]``, ``packed_cache`` unpacks the new keys/values the same way, the 4-D block mask the decoder passes (which
+transformers keeps as it is) gives each row its own keys, and the output is packed back.
+
 >>> query = torch.randn(2, 4, 3, 8)                       # [B, H, N, D]
 >>> prefix_k, prefix_v = torch.randn(2, 1, 4, 5, 8)       # one group's prefix [1, H_kv, P, D]
 >>> suffix_k, suffix_v = torch.randn(2, 2, 4, 3, 8)       # [B, H_kv, S, D]
