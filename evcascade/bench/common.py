@@ -136,9 +136,10 @@ def save_report(out_dir: str | Path, name: str, report: dict[str, Any], plot) ->
     return path
 
 
-def report_main(name: str, out_dir: str | Path, build, text) -> int:
+def report_main(name: str, out_dir: str | Path, build, text, ok: str = "outputs_identical") -> int:
     """A bench's ``main`` tail: ``build()`` the report (a ``ValueError``: its message on stderr, exit 2), print
-    ``text(report)``, write ``<out_dir>/<name>.json``; exit 0, or 1 when an output differed from its reference."""
+    ``text(report)``, write ``<out_dir>/<name>.json``; exit 0, or 1 when ``report[ok]`` is false (by default: an
+    output differed from its reference)."""
     import sys
 
     try:
@@ -148,7 +149,7 @@ def report_main(name: str, out_dir: str | Path, build, text) -> int:
         return 2
     print(text(report))
     print(f"wrote {write_json(out_dir, name, report)}")
-    return 0 if report["outputs_identical"] else 1
+    return 0 if report[ok] else 1
 
 
 def mismatch_exit_code(report: dict[str, Any], reference: str) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from evcascade.bench.common import environment_info, format_table, write_json
+from evcascade.bench.common import environment_info, format_table, report_main
 from evcascade.errors import InputError
 
 QUESTIONS = ("what is moving ?", "describe the video .", "how many objects are there ?", "which is faster ?",
@@ -309,25 +309,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="bench_out")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        import torch
+    import torch
 
-        from evcascade.cascade import Cascade
+    from evcascade.cascade import Cascade
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def build() -> dict:
         config = SoakConfig(seconds=60 * args.minutes, cameras=args.cameras, askers=args.askers,
                             time_scale=args.time_scale, burst_rate=args.burst_rate, base_rate=args.base_rate,
                             max_events=args.max_events, max_frames=args.max_frames, timeout_s=args.timeout_s,
                             batched=not args.unbatched)
-        report = run_soak(Cascade.from_pretrained(args.model), config)
-    except InputError as error:
-        print(f"evcascade.bench soak: {error}", file=sys.stderr)
-        return 2
-    print(format_report(report))
-    print(f"wrote {write_json(args.out, 'soak', report)}")
-    return 0 if report["ok"] else 1
+        return run_soak(Cascade.from_pretrained(args.model), config)
 
+    return report_main("soak", args.out, build, format_report, ok="ok")
 
 if __name__ == "__main__":
     sys.exit(main())
