@@ -85,7 +85,8 @@ class KeyFrameEncoder:
 
 class IdentityMemo:
     """The results of the last ``maxsize`` calls, keyed by the identity of their input objects (held by the memo, so
-    an id is not reused while its entry lives; the objects are taken as unchanged while held).
+    an id is not reused while its entry lives; the objects are taken as unchanged while held). Not
+    ``decoding.feature_cache.LRUCache``: that one keys by content hashes and sits a floor above ``models/``.
 
     >>> memo, a = IdentityMemo(1), object()
     >>> memo.put((a,), 1); memo.get((a,)), memo.get((object(),))
